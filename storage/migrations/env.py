@@ -1,0 +1,24 @@
+"""Alembic environment: the engine comes from `storage.db.alembic_config` (or JRM settings)."""
+
+from alembic import context
+
+from storage.models import Base
+
+config = context.config
+engine = config.attributes.get("engine")
+if engine is None:  # plain `alembic` CLI use: fall back to the configured store
+    from storage.db import make_engine
+    from storage.settings import load_settings
+
+    engine = make_engine(load_settings().resolved_database_url)
+
+with engine.connect() as connection:
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        render_as_batch=connection.dialect.name == "sqlite",  # SQLite needs batch mode to ALTER
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()

@@ -1,0 +1,121 @@
+"""Every `JRM_*` environment variable is read here and nowhere else.
+
+The store is the bottom layer that the trainer and the app both import, so their settings live here too;
+each field carries its help text, which the README's configuration table mirrors.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A `JRM_*` value that cannot be used; the message names the variable and what to change."""
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Run-time configuration, built from the environment by `load_settings()`."""
+
+    data_dir: Path = _help("Folder for the SQLite file, image blobs, the model registry and run logs.",
+                           default=Path("./data"))
+    database_url: str = _help("SQLAlchemy URL; default is SQLite at $JRM_DATA_DIR/jrm.db.", default="")
+    max_upload_mb: float = _help("Largest accepted image file, in MB.", default=20.0)
+    max_pixels: int = _help("Largest accepted image area (width × height), checked before decoding.",
+                            default=40_000_000)
+    min_image_side: int = _help("Smallest accepted width or height, in pixels.", default=8)
+    instruction_max_chars: int = _help("Longest accepted edit instruction.", default=2000)
+    rationale_min_chars: int = _help("Shortest rationale the annotate tab accepts (0: optional).", default=0)
+    rationale_max_chars: int = _help("Longest accepted rationale.", default=4000)
+    overlap_target: int = _help("Votes wanted per pair (k), from different annotators, for agreement.",
+                                default=2)
+    assignment_ttl_s: int = _help("Seconds a pair stays reserved for the annotator it was shown to.",
+                                  default=600)
+    torch_threads: int = _help("torch intra-op threads in the worker, the scorer and the tests.", default=1)
+
+    def __post_init__(self) -> None:
+        if self.max_upload_mb <= 0:
+            raise SettingsError("JRM_MAX_UPLOAD_MB must be > 0 (a size in megabytes, e.g. 20).")
+        if self.max_pixels < self.min_image_side**2:
+            raise SettingsError("JRM_MAX_PIXELS must be at least JRM_MIN_IMAGE_SIDE squared.")
+        if self.min_image_side < 1:
+            raise SettingsError("JRM_MIN_IMAGE_SIDE must be >= 1.")
+        if not 0 <= self.rationale_min_chars <= self.rationale_max_chars:
+            raise SettingsError("Need 0 <= JRM_RATIONALE_MIN_CHARS <= JRM_RATIONALE_MAX_CHARS.")
+        if self.instruction_max_chars < 1:
+            raise SettingsError("JRM_INSTRUCTION_MAX_CHARS must be >= 1.")
+        if self.overlap_target < 1:
+            raise SettingsError("JRM_OVERLAP_TARGET must be >= 1 (votes wanted per pair).")
+        if self.assignment_ttl_s < 1:
+            raise SettingsError("JRM_ASSIGNMENT_TTL_S must be >= 1 second.")
+        if self.torch_threads < 1:
+            raise SettingsError("JRM_TORCH_THREADS must be >= 1.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The URL to connect to: `database_url`, or SQLite inside `data_dir`."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'jrm.db').as_posix()}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def env_name(field_name: str) -> str:
+    """`max_pixels` → `JRM_MAX_PIXELS`."""
+    return "JRM_" + field_name.upper()
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides) -> Settings:
+    """Build `Settings` from `JRM_*` variables; keyword overrides win (tests, CLI flags)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        raw = environ.get(env_name(f.name))
+        if raw is None or raw == "":
+            continue
+        kind = type(f.default)
+        try:
+            values[f.name] = Path(raw) if kind is Path else kind(raw)
+        except ValueError:
+            raise SettingsError(f"{env_name(f.name)}={raw!r} is not a valid {kind.__name__}.") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)
+
+
+def configuration_table() -> list[tuple[str, str, str]]:
+    """(variable, default, help) rows for the README and `python -m storage config`."""
+    rows = []
+    for f in fields(Settings):
+        rows.append((env_name(f.name), str(f.default) if f.default != "" else "(see help)", f.metadata["help"]))
+    return rows
+
+
+def password_from_env(environ: dict[str, str] | None = None) -> str | None:
+    """`JRM_USER_PASSWORD`, read for non-interactive `storage users add`."""
+    environ = os.environ if environ is None else environ
+    return environ.get("JRM_USER_PASSWORD") or None
+
+
+def postgres_test_url(environ: dict[str, str] | None = None) -> str | None:
+    """`JRM_TEST_POSTGRES_URL`: where the tests find a PostgreSQL server (CI sets it)."""
+    environ = os.environ if environ is None else environ
+    return environ.get("JRM_TEST_POSTGRES_URL") or None
