@@ -119,3 +119,15 @@ def postgres_test_url(environ: dict[str, str] | None = None) -> str | None:
     """`JRM_TEST_POSTGRES_URL`: where the tests find a PostgreSQL server (CI sets it)."""
     environ = os.environ if environ is None else environ
     return environ.get("JRM_TEST_POSTGRES_URL") or None
+
+
+def postgres_required_in_tests(environ: dict[str, str] | None = None) -> bool:
+    """`JRM_TEST_REQUIRE_POSTGRES=1` (CI): an unreachable server fails the tests instead of skipping them."""
+    environ = os.environ if environ is None else environ
+    return environ.get("JRM_TEST_REQUIRE_POSTGRES", "") not in ("", "0")
+
+
+def artifacts_dir(environ: dict[str, str] | None = None) -> Path:
+    """`JRM_ARTIFACTS_DIR`: where tests leave screenshots and reports (default ./artifacts)."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("JRM_ARTIFACTS_DIR") or "./artifacts")

@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import make_engine, session_factory, upgrade
-from storage.settings import Settings, load_settings, postgres_test_url
+from storage.settings import Settings, load_settings, postgres_required_in_tests, postgres_test_url
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -28,12 +28,16 @@ def settings(tmp_path) -> Settings:
 def _postgres_url_or_skip() -> str:
     url = postgres_test_url()
     if not url:
+        if postgres_required_in_tests():
+            pytest.fail("JRM_TEST_REQUIRE_POSTGRES is set but JRM_TEST_POSTGRES_URL is not")
         pytest.skip("PostgreSQL tests need JRM_TEST_POSTGRES_URL (CI sets it)")
     probe = make_engine(url)
     try:
         with probe.connect():
             pass
     except Exception as exc:  # noqa: BLE001 - any connection failure means "no server here"
+        if postgres_required_in_tests():
+            pytest.fail(f"PostgreSQL at {url} is not reachable: {exc}")
         pytest.skip(f"PostgreSQL at {url} is not reachable: {exc.__class__.__name__}")
     finally:
         probe.dispose()
