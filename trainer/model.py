@@ -1,0 +1,285 @@
+"""`JointRewardModel`: a vision-language backbone, a reward head, and the one forward every caller uses.
+
+The hidden states come from the backbone's base model (no LM head). The reward head reads the last-layer state at
+the score position (the last prompt token). The LM head is applied only to positions that predict a rationale token
+and only when `with_lm=True`, so scoring never computes vocabulary logits. See docs/method.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from trainer.backbones import Backbone, load_backbone
+from trainer.losses import IGNORE_INDEX, lm_nll
+from trainer.prompting import Batch
+
+CHECKPOINT_FORMAT = 1
+REWARD_HEAD_NAME = "reward_head"  # the attribute below; peft trains and saves it only if listed in modules_to_save
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class JRMConfig:
+    """Architecture and objective of a joint reward model (saved with every checkpoint)."""
+
+    backbone: str = _help("Tiny preset name ('tiny', 'tiny-idefics3'), hub id or local folder.", default="tiny")
+    lm_weight: float = _help("λ in L = L_pref + λ·L_lm; 0 is the discriminative baseline.", default=0.5)
+    tie_nu: float = _help(
+        "Davidson tie parameter ν >= 0 for tie / both-bad votes (0: plain Bradley–Terry).", default=1.0
+    )
+    head_hidden: int = _help("Hidden width of the reward MLP; 0 uses the backbone's hidden size.", default=0)
+    head_activation: Literal["gelu", "tanh"] = _help("Activation between the reward MLP's two layers.", default="gelu")
+    max_rationale_tokens: int = _help("Rationales are cut to this many tokens for the LM loss.", default=128)
+    finetune: Literal["full", "lora"] = _help(
+        "'full' trains every weight (tiny); 'lora' trains adapters + head.", default="full"
+    )
+    lora_rank: int = _help("LoRA rank r.", default=16)
+    lora_alpha: int = _help("LoRA scaling α (the update is scaled by α / r).", default=32)
+    lora_dropout: float = _help("Dropout on the LoRA branch.", default=0.05)
+    lora_target_modules: tuple[str, ...] = _help(
+        "Module names that get LoRA adapters.", default=("q_proj", "k_proj", "v_proj", "o_proj")
+    )
+
+    def __post_init__(self) -> None:
+        self.lora_target_modules = tuple(self.lora_target_modules)
+        if not self.backbone.strip():
+            raise ValueError("backbone is empty: give a tiny preset name ('tiny'), a hub id or a local folder.")
+        if not self.lm_weight >= 0:
+            raise ValueError(f"lm_weight must be >= 0 (0 = discriminative baseline), got {self.lm_weight}.")
+        if not self.tie_nu >= 0:
+            raise ValueError(f"tie_nu must be >= 0 (try 1.0), got {self.tie_nu}.")
+        if self.head_hidden < 0:
+            raise ValueError(f"head_hidden must be >= 0 (0 = the backbone's hidden size), got {self.head_hidden}.")
+        if self.head_activation not in ("gelu", "tanh"):
+            raise ValueError(f"head_activation must be 'gelu' or 'tanh', got {self.head_activation!r}.")
+        if self.max_rationale_tokens < 1:
+            raise ValueError(f"max_rationale_tokens must be >= 1, got {self.max_rationale_tokens}.")
+        if self.finetune not in ("full", "lora"):
+            raise ValueError(f"finetune must be 'full' or 'lora', got {self.finetune!r}.")
+        if self.lora_rank < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError("LoRA needs lora_rank >= 1, lora_alpha > 0 and 0 <= lora_dropout < 1.")
+        if not self.lora_target_modules:
+            raise ValueError("lora_target_modules is empty; name the projections to adapt, e.g. ('q_proj', 'v_proj').")
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields."""
+        data = asdict(self)
+        data["lora_target_modules"] = list(self.lora_target_modules)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> JRMConfig:
+        """Inverse of `to_dict`; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown JRMConfig fields {unknown}; known: {sorted(known)}.")
+        return cls(**data)
+
+
+@dataclass
+class JRMOutput:
+    """What one forward returns."""
+
+    rewards: torch.Tensor  # (B,)
+    features: torch.Tensor  # (B, H) last-layer hidden state at the score position
+    lm_loss: torch.Tensor | None  # mean NLL of rationale tokens; None unless with_lm
+
+
+class DroppedLMHead(nn.Module):
+    """Stands in for a removed LM head; calling it is a bug in scorer mode."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("The LM head was dropped (scorer mode); load the model with lm_head=True to train.")
+
+
+def make_reward_head(hidden_size: int, head_hidden: int, activation: str) -> nn.Sequential:
+    """Linear(H, h) → activation → Linear(h, 1)."""
+    act = nn.GELU() if activation == "gelu" else nn.Tanh()
+    return nn.Sequential(nn.Linear(hidden_size, head_hidden), act, nn.Linear(head_hidden, 1))
+
+
+class JointRewardModel(nn.Module):
+    """Shared backbone + reward head; `forward` is the only place a score is computed."""
+
+    def __init__(self, backbone: Backbone, config: JRMConfig):
+        super().__init__()
+        self.backbone = backbone.model
+        self.processor = backbone.processor
+        self.backbone_name = backbone.name
+        self.jrm_config = config  # not `config`: peft reads `model.config` as a transformers config
+        hidden = self.hidden_size
+        self.reward_head = make_reward_head(hidden, config.head_hidden or hidden, config.head_activation)
+        self.lm_head_dropped = False
+
+    @classmethod
+    def from_config(
+        cls, config: JRMConfig, *, cache_dir: str | Path | None = None, dtype: torch.dtype | None = None
+    ) -> JointRewardModel:
+        """Load `config.backbone`, add a fresh reward head, and LoRA adapters when `finetune == 'lora'`."""
+        model = cls(load_backbone(config.backbone, cache_dir=cache_dir, dtype=dtype), config)
+        if config.finetune == "lora":
+            apply_lora(
+                model,
+                rank=config.lora_rank,
+                alpha=config.lora_alpha,
+                target_modules=config.lora_target_modules,
+                dropout=config.lora_dropout,
+            )
+        return model
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.backbone.config.get_text_config().hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    @property
+    def is_lora(self) -> bool:
+        return hasattr(self, "peft_config")
+
+    def forward(self, batch: Batch, *, with_lm: bool) -> JRMOutput:
+        """Rewards at the score positions, their features, and the rationale NLL when `with_lm`."""
+        batch = batch.to(self.device)
+        hidden = self._last_hidden_state(batch)  # (B, T, H)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        features = hidden[rows, batch.score_index]  # (B, H)
+        head_dtype = next(self.reward_head.parameters()).dtype
+        rewards = self.reward_head(features.to(head_dtype)).squeeze(-1).float()  # (B,)
+        lm_loss = self._rationale_nll(hidden, batch.labels) if with_lm else None
+        return JRMOutput(rewards=rewards, features=features, lm_loss=lm_loss)
+
+    @torch.no_grad()
+    def score(self, batch: Batch) -> torch.Tensor:
+        """Rewards (B,) without gradients or vocabulary logits; call `eval()` first for deterministic scores."""
+        return self.forward(batch, with_lm=False).rewards
+
+    def _last_hidden_state(self, batch: Batch) -> torch.Tensor:
+        """The base model's last hidden state (B, T, H): the multimodal decoder without the LM head."""
+        base = self.backbone.base_model
+        if base is self.backbone:
+            raise TypeError(
+                f"{type(self.backbone).__name__} has no separate base model; JRM needs a backbone whose "
+                "`base_model` returns hidden states without the LM head (transformers' *ForConditional"
+                "Generation / AutoModelForImageTextToText classes do)."
+            )
+        dtype = self.backbone.dtype
+        inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.model_inputs().items()}
+        return base(**inputs, use_cache=False, return_dict=True).last_hidden_state
+
+    def _rationale_nll(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean NLL of labelled tokens: the LM head runs on the positions that predict them, nowhere else."""
+        if self.lm_head_dropped:
+            raise RuntimeError("with_lm=True needs the LM head, but drop_lm_head() removed it.")
+        targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
+        mask = targets != IGNORE_INDEX  # (B, T-1)
+        selected = hidden[:, :-1][mask]  # (N, H)
+        logits = self.backbone.get_output_embeddings()(selected)  # (N, V)
+        cap = getattr(self.backbone.config.get_text_config(), "final_logit_softcapping", None)
+        if cap:  # Gemma-style models soft-cap their logits inside their own forward; do the same
+            logits = torch.tanh(logits / cap) * cap
+        return lm_nll(logits, targets[mask])
+
+    def drop_lm_head(self) -> None:
+        """Free the LM head (scorer mode): scoring never needs it; training and saving then refuse to run."""
+        if self.backbone.get_output_embeddings() is None:
+            raise TypeError(f"{type(self.backbone).__name__} has no LM head to drop.")
+        self.backbone.set_output_embeddings(DroppedLMHead())
+        self.lm_head_dropped = True
+
+    def save(self, path: str | Path) -> Path:
+        """Write config JSON, the reward head (safetensors) and the backbone (save_pretrained) or LoRA adapter."""
+        if self.lm_head_dropped:
+            raise RuntimeError("This model's LM head was dropped; save a model loaded with its LM head.")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"format": CHECKPOINT_FORMAT, "backbone_name": self.backbone_name, "jrm": self.jrm_config.to_dict()}
+        if self.is_lora:  # adapter weights + the reward head (peft's modules_to_save); the base is referenced
+            state = get_peft_model_state_dict(self)
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, path / "adapter.safetensors")
+        else:
+            head_state = {k: v.detach().contiguous().cpu() for k, v in self.reward_head.state_dict().items()}
+            save_file(head_state, path / "reward_head.safetensors")
+            self.backbone.save_pretrained(path / "backbone")
+            self.processor.save_pretrained(path / "backbone")
+        (path / "jrm_config.json").write_text(json.dumps(meta, indent=2))
+        return path
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        cache_dir: str | Path | None = None,
+        lm_head: bool = True,
+    ) -> JointRewardModel:
+        """Load a `save()`d model in eval mode; `lm_head=False` drops the LM head before moving to `device`."""
+        path = Path(path)
+        try:
+            meta = json.loads((path / "jrm_config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path} is not a saved joint reward model (jrm_config.json: {exc}).") from exc
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} has checkpoint format {meta.get('format')}; this code reads {CHECKPOINT_FORMAT}.")
+        config = JRMConfig.from_dict(meta["jrm"])
+        if config.finetune == "lora":
+            model = cls.from_config(config, cache_dir=cache_dir, dtype=dtype)
+            _load_adapter(model, load_file(path / "adapter.safetensors"))
+        else:
+            model = cls(load_backbone(str(path / "backbone"), dtype=dtype), config)
+            model.reward_head.load_state_dict(load_file(path / "reward_head.safetensors"))
+        model.backbone_name = meta["backbone_name"]
+        if not lm_head:
+            model.drop_lm_head()
+        return model.to(device).eval()
+
+
+def apply_lora(
+    model: JointRewardModel, *, rank: int, alpha: int, target_modules: tuple[str, ...] | list[str], dropout: float
+) -> JointRewardModel:
+    """Inject LoRA adapters in place; only adapters and the reward head (modules_to_save) stay trainable."""
+    if model.is_lora:
+        raise ValueError("This model already has LoRA adapters.")
+    lora = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=list(target_modules),
+        lora_dropout=dropout,
+        modules_to_save=[REWARD_HEAD_NAME],
+    )
+    inject_adapter_in_model(lora, model)
+    model.jrm_config = replace(
+        model.jrm_config,
+        finetune="lora",
+        lora_rank=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        lora_target_modules=tuple(target_modules),
+    )
+    return model
+
+
+def _load_adapter(model: JointRewardModel, state: dict[str, torch.Tensor]) -> None:
+    """Load adapter + reward-head weights; every adapter weight the model expects must be in `state`."""
+    result = set_peft_model_state_dict(model, state)
+    missing = [k for k in result.missing_keys if "lora_" in k or f"{REWARD_HEAD_NAME}.modules_to_save" in k]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"Adapter checkpoint does not match the model: missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}."
+        )
