@@ -134,7 +134,6 @@ class Pair(Base):
     __table_args__ = (
         UniqueConstraint("candidate_a_id", "candidate_b_id"),
         CheckConstraint("candidate_a_id < candidate_b_id", name="ordered"),
-        Index("ix_pairs_next", "filled", "priority", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -146,13 +145,20 @@ class Pair(Base):
     priority: Mapped[float] = mapped_column(Float, default=0.0)
 
 
+# The next-pair query orders by `filled, priority DESC, id`; an index in exactly that order lets it stop after
+# a few rows at any table size (an all-ascending index would make PostgreSQL sort every unfilled pair).
+Index("ix_pairs_next", Pair.filled, Pair.priority.desc(), Pair.id)
+
+
 class Assignment(Base):
     """A pair shown to an annotator and reserved for them until it expires, is voted on or skipped."""
 
     __tablename__ = "assignments"
     __table_args__ = (
         _one_of("status", ASSIGNMENT_STATUSES, "status"),
-        Index("ix_assignments_annotator_pair", "annotator_id", "pair_id"),
+        # Serves "this annotator's open assignment" and "pairs this annotator holds or skipped" without
+        # reading the annotator's whole history of done assignments.
+        Index("ix_assignments_annotator_status_pair", "annotator_id", "status", "pair_id"),
         Index("ix_assignments_status_expires", "status", "expires_at"),
     )
 
@@ -162,6 +168,8 @@ class Assignment(Base):
     status: Mapped[str] = mapped_column(String(16), default="open")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
+    # True: candidate_b is shown on the left. Stored so that a page reload shows the same layout.
+    swapped: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Vote(Base):
