@@ -217,10 +217,14 @@ def run(args: argparse.Namespace) -> None:
         if args.command == "upgrade":
             _out(f"{make_url(url).render_as_string(hide_password=True)} is at revision {current_revision(engine)}")
             return
-        with transaction(session_factory(engine)) as session:
+        read_only = args.handler in READ_ONLY_COMMANDS  # exports and stats must not block annotators' votes
+        with transaction(session_factory(engine, read_only=read_only)) as session:
             args.handler(args, session, settings)
     finally:
         engine.dispose()
+
+
+READ_ONLY_COMMANDS = (cmd_stats, cmd_export, cmd_users_list)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY_OPTION = "jrm_read_only"
 
 
 def make_engine(url: str) -> Engine:
@@ -26,8 +27,15 @@ def make_engine(url: str) -> Engine:
     # pysqlite begins transactions lazily and as readers; a reader that later writes can fail with
     # "database is locked" without waiting. BEGIN IMMEDIATE takes the write lock up front, so concurrent
     # writers queue on the busy timeout instead (the SQLAlchemy-documented recipe).
-    event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _sqlite_begin(conn) -> None:
+    # Read-only sessions (exports, statistics, dashboards) take a plain deferred BEGIN: under WAL they read
+    # a consistent snapshot without holding the write lock, so a long export never blocks annotators' votes.
+    read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _sqlite_on_connect(dbapi_connection, _record) -> None:
@@ -40,8 +48,10 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+def session_factory(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
+    """Sessions on `engine`; `read_only=True` ones never take SQLite's write lock (and must not write)."""
+    bind = engine.execution_options(**{READ_ONLY_OPTION: True}) if read_only else engine
+    return sessionmaker(bind, expire_on_commit=False)
 
 
 @contextmanager
