@@ -52,7 +52,7 @@ from storage.errors import InvalidInput
 from storage.models import Image
 from storage.settings import Settings
 
-__all__ = ["ImageRejected", "encode_png", "image_path", "open_image", "store_image", "store_pil_image"]
+__all__ = ["ImageRejected", "decode_upload", "encode_png", "image_path", "open_image", "store_image", "store_pil_image"]
 
 MAX_ASPECT_RATIO = 50  # longest side / shortest side
 ACCEPTED = "PNG, JPEG or WebP"
@@ -92,14 +92,16 @@ class ImageRejected(InvalidInput):
 
 def store_image(session: Session, *, data: bytes, settings: Settings) -> Image:
     """Validate, normalise and store an uploaded file; the same stored content twice returns one row."""
-    fmt = _check_file(data, settings)
-    picture = _parse_header(data, fmt)
-    _check_geometry(picture, settings)
-    _decode_pixels(picture, data, fmt)
+    fmt, picture = _validated(data, settings)
     if _keep_as_is(picture, fmt):
         return _store_payload(session, payload=data, fmt=fmt, size=picture.size, settings=settings)
     upright = _normalise(picture)
     return _store_payload(session, payload=encode_png(upright), fmt="png", size=upright.size, settings=settings)
+
+
+def decode_upload(data: bytes, *, settings: Settings) -> PIL.Image.Image:
+    """Validate an uploaded file exactly as `store_image` does and return its upright RGB pixels; stores nothing."""
+    return _normalise(_validated(data, settings)[1])
 
 
 def store_pil_image(session: Session, *, image: PIL.Image.Image, settings: Settings) -> Image:
@@ -128,6 +130,15 @@ def encode_png(picture: PIL.Image.Image) -> bytes:
 
 
 # --- validation ---------------------------------------------------------------------------------------------
+
+
+def _validated(data: bytes, settings: Settings) -> tuple[str, ImageFile.ImageFile]:
+    """(format, decoded picture) of an upload that passed every check, cheapest first."""
+    fmt = _check_file(data, settings)
+    picture = _parse_header(data, fmt)
+    _check_geometry(picture, settings)
+    _decode_pixels(picture, data, fmt)
+    return fmt, picture
 
 
 def _check_file(data: bytes, settings: Settings) -> str:

@@ -38,6 +38,27 @@ class Settings:
     assignment_ttl_s: int = _help("Seconds a pair stays reserved for the annotator it was shown to.",
                                   default=600)
     torch_threads: int = _help("torch intra-op threads in the worker, the scorer and the tests.", default=1)
+    retrain_min_votes: int = _help("New training votes (held-out tasks excluded) since the last successful run "
+                                   "that queue a retrain.", default=50)
+    retrain_check_minutes: float = _help("Minutes between the worker's retrain-threshold checks (0: no check).",
+                                         default=10.0)
+    retrain_cron: str = _help("Crontab line for scheduled retrains in the worker's time zone, e.g. '0 3 * * *' "
+                              "(empty: none).", default="")
+    queue_poll_s: float = _help("Seconds between the worker's looks for a queued run.", default=5.0)
+    heartbeat_s: float = _help("Seconds between heartbeats the worker writes while a run trains.", default=5.0)
+    stale_after_s: float = _help("A running run whose heartbeat is older than this is marked failed (dead worker).",
+                                 default=60.0)
+    train_processes: int = _help("Training processes per run: 0 = one per visible GPU (one on CPU); "
+                                 ">1 runs `accelerate launch --num_processes N`.", default=0)
+    host: str = _help("Interface the web app binds to; an address other than loopback needs JRM_AUTH=1.",
+                      default="127.0.0.1")
+    port: int = _help("TCP port of the web app.", default=7860)
+    auth: bool = _help("1: log in with the store's users (roles enforced); 0: one local admin, loopback only.",
+                       default=False)
+    reveal_scores_after_vote: bool = _help("Show annotators the active scorer's scores of a pair after they vote.",
+                                           default=True)
+    demo_tasks: int = _help("Demo tasks the app seeds into an empty store on its first start (0: none).",
+                            default=200)
 
     def __post_init__(self) -> None:
         if self.max_upload_mb <= 0:
@@ -56,6 +77,31 @@ class Settings:
             raise SettingsError("JRM_ASSIGNMENT_TTL_S must be >= 1 second.")
         if self.torch_threads < 1:
             raise SettingsError("JRM_TORCH_THREADS must be >= 1.")
+        self._check_worker()
+        self._check_app()
+
+    def _check_app(self) -> None:
+        if not self.host.strip():
+            raise SettingsError("JRM_HOST is empty; use 127.0.0.1 (this machine only) or an interface address.")
+        if not 1 <= self.port <= 65535:
+            raise SettingsError(f"JRM_PORT must be a TCP port from 1 to 65535, got {self.port}.")
+        if self.demo_tasks < 0:
+            raise SettingsError("JRM_DEMO_TASKS must be >= 0 (0: do not seed demo data).")
+
+    def _check_worker(self) -> None:
+        if self.retrain_min_votes < 1:
+            raise SettingsError("JRM_RETRAIN_MIN_VOTES must be >= 1 (new training votes that queue a retrain).")
+        if self.retrain_check_minutes < 0:
+            raise SettingsError("JRM_RETRAIN_CHECK_MINUTES must be >= 0 (0 turns the threshold check off).")
+        if self.queue_poll_s <= 0 or self.heartbeat_s <= 0:
+            raise SettingsError("JRM_QUEUE_POLL_S and JRM_HEARTBEAT_S must be > 0 seconds.")
+        if self.stale_after_s < 3 * self.heartbeat_s:
+            raise SettingsError("JRM_STALE_AFTER_S must be at least 3 × JRM_HEARTBEAT_S, or a busy but live worker "
+                                "would have its run marked failed.")
+        if self.train_processes < 0:
+            raise SettingsError("JRM_TRAIN_PROCESSES must be >= 0 (0: one per visible GPU).")
+        if self.retrain_cron.strip():
+            _check_crontab(self.retrain_cron)
 
     @property
     def resolved_database_url(self) -> str:
@@ -79,6 +125,26 @@ class Settings:
         return int(self.max_upload_mb * 1024 * 1024)
 
 
+def _check_crontab(line: str) -> None:
+    from apscheduler.triggers.cron import CronTrigger  # lazy: only a configured schedule needs it
+
+    try:
+        CronTrigger.from_crontab(line)
+    except ValueError as exc:
+        raise SettingsError(f"JRM_RETRAIN_CRON={line!r} is not a crontab line ({exc}); "
+                            "use five fields, e.g. '0 3 * * *' for 03:00 every day.") from None
+
+
+def _parse_bool(raw: str) -> bool:
+    # bool("0") is True, so switches are read from words, not by the type's constructor.
+    word = raw.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
 def env_name(field_name: str) -> str:
     """`max_pixels` → `JRM_MAX_PIXELS`."""
     return "JRM_" + field_name.upper()
@@ -94,7 +160,7 @@ def load_settings(environ: dict[str, str] | None = None, **overrides) -> Setting
             continue
         kind = type(f.default)
         try:
-            values[f.name] = Path(raw) if kind is Path else kind(raw)
+            values[f.name] = Path(raw) if kind is Path else _parse_bool(raw) if kind is bool else kind(raw)
         except ValueError:
             raise SettingsError(f"{env_name(f.name)}={raw!r} is not a valid {kind.__name__}.") from None
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -518,7 +518,7 @@ def rollback(session: Session, *, settings: Settings) -> ModelVersion:
 def _default_loader(path: Path, *, device: str) -> Any:
     from trainer.model import JointRewardModel  # lazy: the registry must not pull in torch models on import
 
-    return JointRewardModel.load(path, device=device)
+    return JointRewardModel.load(path, device=device, lm_head=False)  # a scorer never needs the LM head
 
 
 def load_scorer(

@@ -535,13 +535,15 @@ def test_load_scorer_refuses_corrupt_files(session, settings):
 def test_load_scorer_defaults_to_joint_reward_model(session, settings, monkeypatch):
     calls = []
     fake = types.ModuleType("trainer.model")
-    fake.JointRewardModel = types.SimpleNamespace(load=lambda path, *, device: calls.append((path, device)) or "jrm")
+    fake.JointRewardModel = types.SimpleNamespace(
+        load=lambda path, *, device, lm_head: calls.append((path, device, lm_head)) or "jrm"
+    )
     monkeypatch.setitem(sys.modules, "trainer.model", fake)
     version = publish(session, settings, accuracy=0.5)
     gate(session, settings, version)
 
     assert load_scorer(session, settings=settings, device="cuda:1") == (version, "jrm")
-    assert calls == [(version_dir(settings, version), "cuda:1")]
+    assert calls == [(version_dir(settings, version), "cuda:1", False)]  # a scorer never loads the LM head
 
 
 # --- scores ----------------------------------------------------------------------------------------------

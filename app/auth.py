@@ -1,0 +1,120 @@
+"""Who is calling: the logged-in store user (auth on) or the local admin (auth off), and role checks.
+
+Roles are enforced here, on the server, by every research and admin handler; hiding tabs is only a courtesy.
+With auth on, Gradio's login form calls `login_checker`, and each event carries the user name in
+`gr.Request.username`; the user is read from the store on every call, so a deactivation or a role change
+takes effect at once, also for sessions that are already logged in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+import gradio as gr
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.deps import Deps
+from app.render import error
+from storage.db import transaction
+from storage.models import User
+from storage.users import authenticate, create_user, get_user_by_name
+
+LOCAL_USER = "local"  # the single user of an app started without authentication
+RESEARCH_ROLES = ("researcher", "admin")
+ADMIN_ROLES = ("admin",)
+
+
+@dataclass(frozen=True)
+class CurrentUser:
+    """The caller of a handler, as read from the store for this call."""
+
+    id: int
+    name: str
+    role: str
+
+    @property
+    def is_researcher(self) -> bool:
+        return self.role in RESEARCH_ROLES
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role in ADMIN_ROLES
+
+
+def _as_current(user: User) -> CurrentUser:
+    return CurrentUser(id=user.id, name=user.name, role=user.role)
+
+
+def current_user(deps: Deps, request: gr.Request | None) -> CurrentUser:
+    """The logged-in user (auth on) or the local admin (auth off); `gr.Error` for an unknown or inactive one."""
+    if not deps.settings.auth:
+        return local_user(deps.factory)
+    name = getattr(request, "username", None) if request is not None else None
+    if not name:
+        raise error("Log in first: this server needs a user name and password.")
+    with deps.factory() as session:
+        user = get_user_by_name(session, name=name)
+        if user is None or not user.active:
+            raise error(f"The account {name!r} is deactivated or no longer exists; ask an admin.")
+        return _as_current(user)
+
+
+def local_user(factory: sessionmaker[Session]) -> CurrentUser:
+    """The admin called "local" that a single-user app acts as, created on first use."""
+    for _ in range(2):  # a second request racing to create the user loses on the unique name and reads it
+        try:
+            with transaction(factory) as session:
+                user = get_user_by_name(session, name=LOCAL_USER)
+                if user is None:
+                    user = create_user(session, name=LOCAL_USER, role="admin")  # no password: cannot log in
+                if not user.active:
+                    raise error(f"The local user {LOCAL_USER!r} is deactivated; reactivate it or start with --auth.")
+                return _as_current(user)
+        except IntegrityError:
+            continue
+    raise error(f"Could not create the local user {LOCAL_USER!r}; try again.")
+
+
+def require_role(user: CurrentUser, roles: tuple[str, ...], needed: str) -> CurrentUser:
+    """`user` if their role is one of `roles`, else `gr.Error("<needed> role required")`."""
+    if user.role not in roles:
+        raise error(f"{needed} role required: your account {user.name!r} is {user.role}; ask an admin.")
+    return user
+
+
+def require_researcher(deps: Deps, request: gr.Request | None) -> CurrentUser:
+    """The caller, refused unless a researcher or an admin."""
+    return require_role(current_user(deps, request), RESEARCH_ROLES, "researcher")
+
+
+def require_admin(deps: Deps, request: gr.Request | None) -> CurrentUser:
+    """The caller, refused unless an admin."""
+    return require_role(current_user(deps, request), ADMIN_ROLES, "admin")
+
+
+def login_checker(factory: sessionmaker[Session]) -> Callable[[str, str], Awaitable[bool]]:
+    """Gradio's `auth=` callable: checks a name and password against the store's active users."""
+
+    def check(name: str, password: str) -> bool:
+        with factory() as session:
+            return authenticate(session, name=name, password=password) is not None
+
+    async def login(name: str, password: str) -> bool:
+        # scrypt takes tens of milliseconds by design; run it off the event loop so logins do not stall pages.
+        return await anyio.to_thread.run_sync(check, name, password)
+
+    return login
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, "localhost")."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name may resolve anywhere: treat it as public

@@ -1,0 +1,30 @@
+"""What the handlers need, built once by `python -m app` and bound into the UI's events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.db import session_factory
+from storage.settings import Settings
+
+if TYPE_CHECKING:
+    from app.scoring import ScoringService
+
+
+@dataclass(frozen=True)
+class Deps:
+    """The session factory, the settings, the scoring service and the in-process worker (when started)."""
+
+    factory: sessionmaker[Session]
+    settings: Settings
+    scoring: ScoringService | None = None  # None: no scores are served (handler tests, or the service failed)
+    worker: Any | None = None  # trainer.worker.start_background_worker's handle; None with --no-worker
+
+    @cached_property
+    def reader(self) -> sessionmaker[Session]:
+        """Read-only sessions for statistics, leaderboards and exports: on SQLite they never hold the write lock."""
+        return session_factory(self.factory.kw["bind"], read_only=True)

@@ -1,0 +1,233 @@
+"""Annotate tab: show a pair, record a vote (idempotent), skip, and reveal the scorer's view after a vote.
+
+A shown pair lives in the browser session's `gr.State` as `ShownPair`, with a client submission id drawn when
+the pair is shown: a double click, a resent request or two buttons pressed at once all carry the same id, and
+the store keeps one vote. The left/right order is the assignment's (randomised by `next_pair`, stable across
+reloads) and the vote records it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import gradio as gr
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.auth import CurrentUser, current_user
+from app.deps import Deps
+from app.handlers import image_file, user_errors
+from app.render import error, text
+from app.scoring import NoScorerYet
+from storage.db import transaction
+from storage.errors import InvalidInput
+from storage.models import Vote
+from storage.repository import TIME_SPENT_MAX_MS, PairToShow, next_pair, record_vote, skip_assignment
+from storage.settings import Settings
+
+# Button labels (what a vote button sends) → stored choice; API callers may send the choice itself.
+CHOICE_LABELS = {"Left is better": "left", "Right is better": "right", "Tie": "tie", "Both bad": "both_bad"}
+# Per-dimension comparison of the two edits as shown: -2 left much better … 0 same … +2 right much better.
+DIMENSIONS = {"instruction_following": "Instruction following", "quality": "Image quality",
+              "preservation": "Preservation of the rest"}
+NO_PAIR_HTML = '<div class="jrm-instruction jrm-empty">No pairs are left for you to annotate. Thank you!</div>'
+
+
+@dataclass(frozen=True)
+class ShownPair:
+    """The pair on screen, as the vote will record it."""
+
+    assignment_id: int
+    task_id: int
+    left_candidate_id: int
+    right_candidate_id: int
+    submission_id: str  # drawn when the pair is shown; the store keeps one vote per id
+    shown_at: float  # time.time() when shown, for time_spent_ms
+
+
+@dataclass(frozen=True)
+class CastVote:
+    """The vote just cast, for revealing the scorer's opinion of the same two candidates."""
+
+    choice: str
+    left_candidate_id: int
+    right_candidate_id: int
+
+
+class PairView(NamedTuple):
+    """The annotate tab's outputs for one pair (or for "nothing left")."""
+
+    shown: ShownPair | None
+    instruction: str  # HTML, escaped
+    source: str | None  # image files
+    left: str | None
+    right: str | None
+    progress: str  # Markdown, numbers only
+
+
+class VoteOutcome(NamedTuple):
+    """`PairView` of the next pair, plus the vote just cast and a status line."""
+
+    shown: ShownPair | None
+    instruction: str
+    source: str | None
+    left: str | None
+    right: str | None
+    progress: str
+    cast: CastVote | None
+    status: str  # Markdown, fixed wording
+
+
+def _progress(votes_done: int) -> str:
+    return f"Your votes so far: **{votes_done}**"
+
+
+def _view(session: Session, settings: Settings, pair: PairToShow | None, votes_done: int) -> PairView:
+    if pair is None:
+        return PairView(None, NO_PAIR_HTML, None, None, None, _progress(votes_done))
+    shown = ShownPair(
+        assignment_id=pair.assignment_id,
+        task_id=pair.task_id,
+        left_candidate_id=pair.left_candidate_id,
+        right_candidate_id=pair.right_candidate_id,
+        submission_id=uuid.uuid4().hex,
+        shown_at=time.time(),
+    )
+    instruction = f'<div class="jrm-instruction"><b>Instruction:</b> {text(pair.instruction)}</div>'
+    return PairView(
+        shown,
+        instruction,
+        image_file(session, settings, pair.source_image_id),
+        image_file(session, settings, pair.left_image_id),
+        image_file(session, settings, pair.right_image_id),
+        _progress(pair.votes_done),
+    )
+
+
+def _next_view(session: Session, settings: Settings, user: CurrentUser) -> PairView:
+    pair = next_pair(session, annotator_id=user.id, settings=settings)
+    if pair is not None:
+        return _view(session, settings, pair, pair.votes_done)
+    done = session.scalar(select(func.count()).where(Vote.annotator_id == user.id)) or 0
+    return _view(session, settings, None, done)
+
+
+def load_pair(deps: Deps, request: gr.Request) -> PairView:
+    """The pair this annotator should judge now (the one they hold, or a newly reserved one)."""
+    user = current_user(deps, request)
+    with user_errors(), transaction(deps.factory) as session:
+        return _next_view(session, deps.settings, user)
+
+
+def parse_choice(value: str) -> str:
+    """A vote button's label, or a stored choice name, → the stored choice."""
+    choice = CHOICE_LABELS.get(value, value)
+    if choice not in CHOICE_LABELS.values():
+        raise error(f"Unknown choice {value!r}; send one of {', '.join(CHOICE_LABELS.values())}.")
+    return choice
+
+
+def check_rationale(rationale: str | None, settings: Settings) -> str | None:
+    """The rationale, stripped; `gr.Error` when shorter than `rationale_min_chars`."""
+    rationale = (rationale or "").strip()
+    if len(rationale) < settings.rationale_min_chars:
+        raise error(
+            f"Write a rationale of at least {settings.rationale_min_chars} characters (you wrote "
+            f"{len(rationale)}): say what made one edit better, e.g. \"B kept the background\"."
+        )
+    return rationale or None
+
+
+def dimension_scores(rate: bool, *scores: float | None) -> dict[str, float] | None:
+    """The per-dimension sliders as a dict, or None when the annotator did not rate dimensions."""
+    if not rate:
+        return None
+    return {name: float(score) for name, score in zip(DIMENSIONS, scores, strict=True) if score is not None}
+
+
+def _time_spent_ms(shown: ShownPair) -> int:
+    return max(0, min(TIME_SPENT_MAX_MS, round((time.time() - shown.shown_at) * 1000)))
+
+
+def submit_vote(
+    deps: Deps,
+    shown: ShownPair | None,
+    choice: str,
+    rationale: str | None,
+    rate_dimensions: bool,
+    instruction_following: float | None,
+    quality: float | None,
+    preservation: float | None,
+    request: gr.Request,
+) -> VoteOutcome:
+    """Record the vote on the shown pair (once per submission id) and show the next pair at once."""
+    user = current_user(deps, request)
+    if shown is None:
+        raise error("No pair is shown: press “Next pair” to load one.")
+    code = parse_choice(choice)
+    note = check_rationale(rationale, deps.settings)
+    scores = dimension_scores(rate_dimensions, instruction_following, quality, preservation)
+    with user_errors(), transaction(deps.factory) as session:
+        result = record_vote(
+            session,
+            task_id=shown.task_id,
+            left_candidate_id=shown.left_candidate_id,
+            right_candidate_id=shown.right_candidate_id,
+            choice=code,
+            rationale=note,
+            annotator_id=user.id,
+            client_submission_id=shown.submission_id,
+            dimension_scores=scores,
+            time_spent_ms=_time_spent_ms(shown),
+            settings=deps.settings,
+        )
+        view = _next_view(session, deps.settings, user)
+    stored = result.vote
+    cast = CastVote(stored.choice, stored.left_candidate_id, stored.right_candidate_id)
+    status = "Vote saved." if result.created else "This vote was already saved; it was not counted twice."
+    return VoteOutcome(*view, cast=cast, status=status)
+
+
+def skip_pair(deps: Deps, shown: ShownPair | None, request: gr.Request) -> PairView:
+    """Give the shown pair back (it is not offered to this annotator again) and show the next one."""
+    user = current_user(deps, request)
+    with user_errors(), transaction(deps.factory) as session:
+        if shown is not None:
+            skip_assignment(session, assignment_id=shown.assignment_id, annotator_id=user.id)
+        return _next_view(session, deps.settings, user)
+
+
+def reveal_scores(deps: Deps, cast: CastVote | None) -> str:
+    """HTML: the active scorer's scores of the two candidates just voted on, and whether it agreed."""
+    if cast is None or deps.scoring is None or not deps.settings.reveal_scores_after_vote:
+        return ""
+    try:
+        scored = deps.scoring.score_candidates([cast.left_candidate_id, cast.right_candidate_id])
+    except NoScorerYet:
+        return '<div class="jrm-reveal">No scorer yet: the first model version is still being trained.</div>'
+    except (InvalidInput, RuntimeError) as exc:
+        return f'<div class="jrm-reveal">The scorer could not score this pair: {text(exc)}</div>'
+    left, right = scored[cast.left_candidate_id], scored[cast.right_candidate_id]
+    return (
+        f'<div class="jrm-reveal">Scorer {text(left.version_name)}: left {left.score:.3f} · right '
+        f"{right.score:.3f} — {text(_agreement(cast.choice, left.score - right.score))}</div>"
+    )
+
+
+def _agreement(choice: str, margin: float) -> str:
+    """How the scorer's left-minus-right margin relates to the annotator's choice."""
+    if choice in ("tie", "both_bad"):
+        label = "a tie" if choice == "tie" else "both bad"
+        return f"you called it {label}; the scorer's margin is {abs(margin):.3f}."
+    if margin == 0:
+        return "the scorer sees no difference."
+    agreed = (margin > 0) == (choice == "left")
+    return "the scorer agrees with you." if agreed else "the scorer prefers the other edit."
+
+
+def clear_form() -> tuple[str, bool, float, float, float]:
+    """Empty rationale and neutral sliders for the next pair."""
+    return "", False, 0.0, 0.0, 0.0

@@ -1,0 +1,285 @@
+"""Research tab (researchers and admins): dataset statistics, retrains with live progress, versions, exports.
+
+Every handler resolves the caller and refuses anyone below researcher, whatever the page shows. Retrains are
+only queued here (`trainer.runs_queue.enqueue_run`); the worker's scheduler claims and trains them in its own
+process, so the web server never trains. Progress is read back from the run rows every couple of seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import gradio as gr
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.auth import require_researcher
+from app.deps import Deps
+from app.handlers import user_errors
+from app.render import duration, html_table, progress_bar, text
+from storage.db import transaction
+from storage.exporters import export_editreward, export_hf, export_trl
+from storage.models import ModelVersion, TrainingRun, User
+from storage.repository import dataset_stats
+from trainer.registry import list_versions, promote_version, rollback
+from trainer.runs_queue import cancel_run, enqueue_run, get_run, list_runs
+
+RUNS_SHOWN = 15
+CURVES = ("total", "pref", "lm")  # loss curves in a run's history
+BACKBONES = ["tiny", "tiny-idefics3"]  # offline presets; the dropdown also takes a hub id or a local folder
+EXPORT_KINDS = {"parquet": "Hugging Face dataset (parquet)", "trl": "TRL chosen/rejected (parquet)",
+                "editreward": "EditReward JSON + images (zip)"}
+# (column, dotted path into a version's metrics): the held-out evaluation, side by side per version.
+METRIC_COLUMNS = [
+    ("held-out acc.", "heldout_accuracy"),
+    ("acc. with ties", "accuracy_with_ties.accuracy"),
+    ("ECE", "calibration.ece"),
+    ("eff. rank", "effective_rank"),
+    ("group acc.", "group_accuracy.exact"),
+    ("swap both correct", "instruction_swap.both_correct"),
+    ("held-out pairs", "n_pairs"),
+    ("train votes", "train_votes"),
+]
+VERSION_COLUMNS = ["version", "status", "run", "backbone", "λ", "created", *(c for c, _ in METRIC_COLUMNS), "reason"]
+
+
+class Overview(NamedTuple):
+    summary: str  # HTML, numbers only
+    per_day: pd.DataFrame  # day, votes
+
+
+class RunsView(NamedTuple):
+    table: str  # HTML with progress bars, escaped cells
+    curves: pd.DataFrame  # step, loss, curve (long format for a LinePlot)
+    caption: str  # HTML
+
+
+class VersionsView(NamedTuple):
+    table: pd.DataFrame  # VERSION_COLUMNS, newest first
+    names: Any  # a gr.Dropdown update with the version names
+
+
+class SwitchView(NamedTuple):
+    """After a promotion or rollback: what happened, and the versions as they are now."""
+
+    status: str  # HTML, escaped
+    table: pd.DataFrame
+    names: Any
+
+
+# --- statistics ----------------------------------------------------------------------------------------------
+
+
+def research_overview(deps: Deps, request: gr.Request) -> Overview:
+    """Dataset statistics and votes per day."""
+    require_researcher(deps, request)
+    with deps.reader() as session:
+        stats = dataset_stats(session, settings=deps.settings)
+    choices = ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in stats.votes_by_choice.items())
+    rows = [
+        ("tasks", stats.tasks), ("candidates", stats.candidates), ("pairs", stats.pairs), ("votes", stats.votes),
+        ("annotators", stats.annotators), ("votes by choice", choices), ("tie rate (tie + both bad)",
+        f"{stats.tie_rate:.1%}"), ("rationale coverage", f"{stats.rationale_coverage:.1%}"),
+        (f"pairs with ≥ {deps.settings.overlap_target} votes", stats.pairs_at_target),
+    ]
+    per_day = pd.DataFrame([(d.isoformat(), n) for d, n in stats.votes_per_day], columns=["day", "votes"])
+    return Overview(html_table(["statistic", "value"], rows), per_day)
+
+
+# --- retrains ------------------------------------------------------------------------------------------------
+
+
+def retrain_params(lm_weight: float | None, epochs: float | None, backbone: str | None,
+                   max_steps: float | None) -> dict[str, Any]:
+    """The run parameters the form describes (blank fields keep the trainer's defaults)."""
+    params: dict[str, Any] = {}
+    if lm_weight is not None:
+        params["lm_weight"] = float(lm_weight)
+    if epochs is not None:
+        params["epochs"] = _whole(epochs, "epochs")
+    if backbone and backbone.strip():
+        params["backbone"] = backbone.strip()
+    if max_steps:  # 0 or blank: no cap
+        params["max_steps"] = _whole(max_steps, "max steps")
+    return params
+
+
+def _whole(value: float, name: str) -> int:
+    if not math.isfinite(value) or value != int(value):
+        raise gr.Error(f"{name} must be a whole number, got {value}.")
+    return int(value)
+
+
+def trigger_retrain(deps: Deps, lm_weight: float | None, epochs: float | None, backbone: str | None,
+                    max_steps: float | None, request: gr.Request) -> str:
+    """Queue a manual retrain with the given λ, epochs, backbone and step cap; the worker picks it up."""
+    user = require_researcher(deps, request)
+    params = retrain_params(lm_weight, epochs, backbone, max_steps)
+    with user_errors(), transaction(deps.factory) as session:
+        run = enqueue_run(session, params=params, requested_by_id=user.id, trigger="manual")
+        run_id = run.id
+    worker = "" if deps.worker is not None else " No worker runs in this app process: start `python -m trainer.worker`."
+    return f"<p>Queued run {run_id}.{text(worker)}</p>"
+
+
+def cancel_training_run(deps: Deps, run_id: float | None, request: gr.Request) -> str:
+    """Cancel a queued or running run."""
+    require_researcher(deps, request)
+    if run_id is None:
+        raise gr.Error("Enter the number of the run to cancel.")
+    with user_errors(), transaction(deps.factory) as session:
+        run = cancel_run(session, run_id=_whole(run_id, "run"))
+        return f"<p>Run {run.id} is cancelled.</p>"
+
+
+def _run_row(run: TrainingRun, requested_by: str | None, version: str | None) -> list[object]:
+    steps = f"{run.step}/{run.total_steps}" if run.total_steps else str(run.step or "–")
+    eta = duration(run.eta_s) if run.status == "running" else "–"
+    loss = f"{run.loss['total']:.4f}" if isinstance(run.loss, dict) and "total" in run.loss else "–"
+    error = (run.error or "")[:200]
+    return [run.id, run.status, run.trigger, requested_by or "–", progress_bar(run.progress or 0.0), steps, eta,
+            loss, f"{run.created_at:%Y-%m-%d %H:%M}", version or "–", error]
+
+
+def runs_table(session: Session) -> str:
+    """HTML table of the newest runs with progress bars, step, ETA, latest loss, and the version each produced."""
+    runs = list_runs(session, limit=RUNS_SHOWN)
+    requesters = [r.requested_by_id for r in runs if r.requested_by_id is not None]
+    users = dict(session.execute(select(User.id, User.name).where(User.id.in_(requesters))).all())
+    produced = select(ModelVersion.run_id, ModelVersion.name).where(ModelVersion.run_id.in_([r.id for r in runs]))
+    versions = dict(session.execute(produced).all())
+    rows = [_run_row(run, users.get(run.requested_by_id), versions.get(run.id)) for run in runs]
+    headers = ["run", "status", "trigger", "by", "progress", "step", "ETA", "loss", "created", "version", "error"]
+    return html_table(headers, rows) if rows else "<p>No training runs yet.</p>"
+
+
+def loss_curves(run: TrainingRun | None) -> pd.DataFrame:
+    """The run's recorded loss curves in long format: one row per (step, curve)."""
+    history = (run.history if run is not None else None) or {}
+    steps = history.get("step") or []
+    rows = [(step, float(value), name) for name in CURVES for step, value in zip(steps, history.get(name) or [],
+                                                                                    strict=False)]
+    return pd.DataFrame(rows, columns=["step", "loss", "curve"])
+
+
+def runs_view(deps: Deps, run_id: float | None, request: gr.Request) -> RunsView:
+    """The runs table and the loss curves of run `run_id` (blank: the newest run)."""
+    require_researcher(deps, request)
+    with user_errors(), deps.factory() as session:
+        table = runs_table(session)
+        if run_id:
+            run = get_run(session, run_id=_whole(run_id, "run"))
+        else:
+            run = next(iter(list_runs(session, limit=1)), None)
+        curves = loss_curves(run)
+        caption = f"<p>Loss curves of run {run.id} ({text(run.status)}).</p>" if run else "<p>No run yet.</p>"
+    return RunsView(table, curves, caption)
+
+
+# --- versions ------------------------------------------------------------------------------------------------
+
+
+def _metric(metrics: dict[str, Any] | None, path: str) -> float | None:
+    value: Any = metrics or {}
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return round(float(value), 4)
+
+
+def _version_row(version: ModelVersion) -> list[object]:
+    lm_weight = ((version.config or {}).get("jrm") or {}).get("lm_weight")
+    metrics = [_metric(version.metrics, path) for _, path in METRIC_COLUMNS]
+    return [version.name, version.status, version.run_id, version.backbone, lm_weight,
+            f"{version.created_at:%Y-%m-%d %H:%M}", *metrics, version.reason or ""]
+
+
+def _versions(session: Session) -> VersionsView:
+    versions = list_versions(session)
+    table = pd.DataFrame([_version_row(v) for v in versions], columns=VERSION_COLUMNS)
+    names = [v.name for v in versions]
+    return VersionsView(table, gr.Dropdown(choices=names, value=names[0] if names else None))
+
+
+def versions_view(deps: Deps, request: gr.Request) -> VersionsView:
+    """Every version with its held-out metrics side by side, newest first."""
+    require_researcher(deps, request)
+    with deps.factory() as session:
+        return _versions(session)
+
+
+def _version_id(session: Session, name: str | None) -> int:
+    version_id = session.scalar(select(ModelVersion.id).where(ModelVersion.name == (name or "").strip()))
+    if version_id is None:
+        raise gr.Error("Choose a version to promote from the list.")
+    return version_id
+
+
+def promote(deps: Deps, name: str | None, reason: str | None, request: gr.Request) -> SwitchView:
+    """Make version `name` the active one (a researcher's decision, recorded with the reason)."""
+    user = require_researcher(deps, request)
+    with user_errors(), transaction(deps.factory) as session:
+        version = promote_version(session, version_id=_version_id(session, name),
+                                  reason=f"{(reason or '').strip()} (promoted by {user.name})".strip(),
+                                  settings=deps.settings)
+        message = f"<p>{text(version.name)} is now active.</p>"
+    _refresh_scorer(deps)
+    return _after_switch(deps, message)
+
+
+def roll_back(deps: Deps, request: gr.Request) -> SwitchView:
+    """Re-activate the version that was active before the current one."""
+    require_researcher(deps, request)
+    with user_errors(), transaction(deps.factory) as session:
+        message = f"<p>Rolled back: {text(rollback(session, settings=deps.settings).name)} is active again.</p>"
+    _refresh_scorer(deps)
+    return _after_switch(deps, message)
+
+
+def _after_switch(deps: Deps, message: str) -> SwitchView:
+    with deps.factory() as session:
+        return SwitchView(message, *_versions(session))
+
+
+def _refresh_scorer(deps: Deps) -> None:
+    # The scorer's poller would notice within its interval; asking now makes the switch visible at once.
+    if deps.scoring is not None:
+        deps.scoring.refresh()
+
+
+# --- exports -------------------------------------------------------------------------------------------------
+
+
+def export_votes(deps: Deps, kind: Literal["parquet", "trl", "editreward"], request: gr.Request) -> str:
+    """Export every vote in `kind`'s format to a file under the data folder; returns its path for download."""
+    require_researcher(deps, request)
+    if kind not in EXPORT_KINDS:
+        raise gr.Error(f"Choose an export format: {', '.join(EXPORT_KINDS)}.")
+    folder = deps.settings.data_dir / "exports"
+    folder.mkdir(parents=True, exist_ok=True)
+    # The folder is among Gradio's allowed paths: an unguessable name keeps other logged-in users from fetching it.
+    stem = f"votes-{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(8)}"
+    with user_errors(), deps.reader() as session:
+        if kind == "parquet":
+            export_hf(session, out=folder / f"{stem}.parquet", settings=deps.settings, parquet=True)
+            return str(folder / f"{stem}.parquet")
+        if kind == "trl":
+            export_trl(session, out=folder / f"{stem}.parquet", settings=deps.settings)
+            return str(folder / f"{stem}.parquet")
+        return _editreward_zip(session, deps, folder, stem)
+
+
+def _editreward_zip(session: Session, deps: Deps, folder: Path, stem: str) -> str:
+    """EditReward JSON and its images, zipped: the JSON names images relative to the zip's root."""
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        root = Path(scratch) / stem
+        export_editreward(session, out=root / "votes.json", images_dir=root / "images", settings=deps.settings)
+        return shutil.make_archive(str(folder / stem), "zip", root_dir=scratch, base_dir=stem)

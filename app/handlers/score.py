@@ -1,0 +1,129 @@
+"""Score tab: a source image, an instruction and 1–4 edits in, a ranked score per edit out, stamped with the version.
+
+Uploads arrive as files (`gr.File`), never decoded by Gradio: the bytes go through `storage.images.decode_upload`,
+the store's own checks (size, signature, header-first pixel limits, truncation), before any pixel is decoded.
+With the contributor's consent the upload also becomes an annotation task (origin "upload").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import gradio as gr
+import pandas as pd
+import PIL.Image
+
+from app.auth import current_user
+from app.deps import Deps
+from app.handlers import user_errors
+from app.render import error, text
+from app.scoring import NoScorerYet, ScoredItem
+from storage.db import transaction
+from storage.errors import InvalidInput
+from storage.images import decode_upload, store_image
+from storage.repository import add_candidate, create_task
+from storage.settings import Settings
+
+MAX_EDITS = 4
+UPLOAD_ORIGIN = "upload"
+UPLOAD_GENERATOR = "user-upload-{}"  # candidates of a contributed upload, numbered in upload order
+RESULT_COLUMNS = ["rank", "edit", "score", "version"]
+
+
+class ScoreView(NamedTuple):
+    """The score tab's outputs."""
+
+    table: pd.DataFrame  # RESULT_COLUMNS, best first
+    gallery: list[tuple[str, str]]  # (edited image file, caption), best first
+    status: str  # HTML, escaped
+
+
+def _path(upload: object) -> str | None:
+    """A `gr.File` value (a path, or an object with `.name` from older clients) as a path."""
+    if upload is None or upload == "":
+        return None
+    return str(getattr(upload, "name", upload))
+
+
+def _read(path: str, settings: Settings) -> bytes:
+    # One byte over the limit is enough for the store's size check to refuse it with its own message.
+    with Path(path).open("rb") as file:
+        return file.read(settings.max_upload_bytes + 1)
+
+
+def _decode(path: str, label: str, settings: Settings) -> tuple[bytes, PIL.Image.Image]:
+    """(bytes, picture) of one upload; `gr.Error` naming the upload when the store would refuse it."""
+    data = _read(path, settings)
+    try:
+        return data, decode_upload(data, settings=settings)
+    except InvalidInput as exc:
+        raise error(f"{label}: {exc}") from None
+
+
+def _edit_paths(edits: Sequence[object] | object | None) -> list[str]:
+    items = edits if isinstance(edits, list | tuple) else [edits]
+    paths = [p for p in (_path(item) for item in items) if p]
+    if not 1 <= len(paths) <= MAX_EDITS:
+        raise error(f"Upload 1 to {MAX_EDITS} edited images (you uploaded {len(paths)}).")
+    return paths
+
+
+def score_edits(
+    deps: Deps,
+    source: object,
+    instruction: str,
+    edits: Sequence[object] | None,
+    contribute: bool,
+    request: gr.Request,
+) -> ScoreView:
+    """Score each uploaded edit with the active version, best first; optionally keep the upload as a task."""
+    current_user(deps, request)  # refuses a deactivated account before anything is stored
+    source_path = _path(source)
+    if source_path is None:
+        raise error("Upload the source image (the picture before editing).")
+    if not (instruction or "").strip():
+        raise error("Write the edit instruction, e.g. “make the sky purple”.")
+    paths = _edit_paths(edits)
+    source_bytes, source_picture = _decode(source_path, "Source image", deps.settings)
+    uploads = [_decode(path, f"Edited image {i}", deps.settings) for i, path in enumerate(paths, start=1)]
+    notes = []
+    if contribute:
+        notes.append(_contribute(deps, source_bytes, instruction, [data for data, _ in uploads]))
+    try:
+        scored = _score(deps, source_picture, instruction, [picture for _, picture in uploads])
+    except NoScorerYet as exc:
+        empty = pd.DataFrame(columns=RESULT_COLUMNS)
+        return ScoreView(empty, [], " ".join([f"<p>{text(exc)}</p>", *notes]))
+    ranked = sorted(enumerate(scored, start=1), key=lambda pair: -pair[1].score)
+    table = pd.DataFrame(
+        [(rank, f"edit {i}", round(item.score, 4), item.version_name) for rank, (i, item) in enumerate(ranked, 1)],
+        columns=RESULT_COLUMNS,
+    )
+    gallery = [(paths[i - 1], f"#{rank} · edit {i} · {item.score:.3f}") for rank, (i, item) in enumerate(ranked, 1)]
+    version = scored[0]
+    stamp = f"<p>Scored by model version <b>{text(version.version_name)}</b> (id {version.version_id}).</p>"
+    return ScoreView(table, gallery, " ".join([stamp, *notes]))
+
+
+def _score(deps: Deps, source: PIL.Image.Image, instruction: str, edited: list[PIL.Image.Image]) -> list[ScoredItem]:
+    if deps.scoring is None:
+        raise NoScorerYet("No scorer runs in this app process; scores are not available.")
+    with user_errors():
+        return deps.scoring.score_upload(source=source, instruction=instruction, edited=edited)
+
+
+def _contribute(deps: Deps, source: bytes, instruction: str, edits: list[bytes]) -> str:
+    """Store the upload as a task with one candidate per edit; returns an HTML note."""
+    if len(edits) < 2:
+        return "<p>Not added for annotation: annotators compare two edits, so contribute at least two.</p>"
+    with user_errors(), transaction(deps.factory) as session:
+        source_image = store_image(session, data=source, settings=deps.settings)
+        task = create_task(session, source_image_id=source_image.id, instruction=instruction,
+                           origin=UPLOAD_ORIGIN, settings=deps.settings)
+        for number, data in enumerate(edits, start=1):
+            image = store_image(session, data=data, settings=deps.settings)
+            add_candidate(session, task_id=task.id, image_id=image.id, generator=UPLOAD_GENERATOR.format(number))
+        task_id = task.id
+    return f"<p>Thank you: your upload is now task {task_id} for annotators.</p>"

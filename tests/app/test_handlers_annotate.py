@@ -1,0 +1,185 @@
+"""Annotate handlers, called as Gradio would call them: pairs, idempotent votes, skips, reveals, escaping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import pytest
+from PIL import Image
+from sqlalchemy import func, select, update
+
+from app.auth import LOCAL_USER
+from app.handlers.annotate import (
+    NO_PAIR_HTML,
+    check_rationale,
+    dimension_scores,
+    load_pair,
+    parse_choice,
+    reveal_scores,
+    skip_pair,
+    submit_vote,
+)
+from app.scoring import ScoringService
+from storage.db import transaction
+from storage.images import store_pil_image
+from storage.models import Assignment, Pair, User, Vote
+from storage.repository import add_candidate, create_task
+from storage.users import deactivate
+from tests.app.handler_support import add_users, as_user, make_deps
+
+NO_DIMENSIONS = (False, 0.0, 0.0, 0.0)
+
+
+@pytest.fixture
+def deps(app_store):
+    add_users(app_store, ann="annotator")
+    return make_deps(app_store)
+
+
+def _fill_pairs(deps, except_task: int | None = None) -> None:
+    """Mark pairs as having all the votes they need, so next_pair offers none of them."""
+    with transaction(deps.factory) as session:
+        session.execute(update(Pair).where(Pair.task_id != (except_task or 0)).values(filled=100))
+
+
+def _votes(deps, **where) -> list[Vote]:
+    with deps.factory() as session:
+        return list(session.scalars(select(Vote).filter_by(**where)))
+
+
+def test_load_pair_shows_a_reserved_pair_as_the_assignment_orders_it(deps):
+    view = load_pair(deps, as_user("ann"))
+    assert view.shown is not None and len(view.shown.submission_id) == 32
+    assert all(Path(path).is_file() for path in (view.source, view.left, view.right))
+    assert view.left != view.right and "Instruction:" in view.instruction
+    with deps.factory() as session:
+        assignment = session.get(Assignment, view.shown.assignment_id)
+        user = session.scalar(select(User).where(User.name == "ann"))
+    assert assignment.annotator_id == user.id and assignment.status == "open"
+    again = load_pair(deps, as_user("ann"))  # a reload shows the same pair, same sides, with a fresh id
+    assert (again.shown.assignment_id, again.left, again.right) == (view.shown.assignment_id, view.left, view.right)
+    assert again.shown.submission_id != view.shown.submission_id
+
+
+def test_a_double_submission_stores_one_vote_and_shows_the_next_pair(deps):
+    view = load_pair(deps, as_user("ann"))
+    first = submit_vote(deps, view.shown, "Left is better", "  A kept the sky  ", *NO_DIMENSIONS, as_user("ann"))
+    second = submit_vote(deps, view.shown, "Left is better", "A kept the sky", *NO_DIMENSIONS, as_user("ann"))
+    votes = _votes(deps, client_submission_id=view.shown.submission_id)
+    assert len(votes) == 1
+    vote = votes[0]
+    assert (vote.choice, vote.rationale, vote.dimension_scores) == ("left", "A kept the sky", None)
+    assert (vote.left_candidate_id, vote.right_candidate_id) == (view.shown.left_candidate_id,
+                                                                  view.shown.right_candidate_id)
+    assert vote.time_spent_ms is not None and vote.time_spent_ms >= 0
+    assert first.status == "Vote saved." and "already saved" in second.status
+    assert first.shown.assignment_id != view.shown.assignment_id  # the next pair came with the answer
+    assert first.progress == "Your votes so far: **1**"
+    assert first.cast.choice == "left"
+
+
+def test_dimension_scores_are_stored_only_when_the_annotator_rates_them(deps):
+    view = load_pair(deps, as_user("ann"))
+    submit_vote(deps, view.shown, "tie", "", True, -2.0, 1.0, 0.0, as_user("ann"))
+    (vote,) = _votes(deps, client_submission_id=view.shown.submission_id)
+    assert vote.choice == "tie" and vote.rationale is None
+    assert vote.dimension_scores == {"instruction_following": -2.0, "quality": 1.0, "preservation": 0.0}
+    assert dimension_scores(False, 1.0, 1.0, 1.0) is None
+
+
+def test_a_short_rationale_is_refused_and_nothing_is_stored(app_store):
+    add_users(app_store, ann="annotator")
+    deps = make_deps(app_store, rationale_min_chars=10)
+    view = load_pair(deps, as_user("ann"))
+    with pytest.raises(gr.Error, match="at least 10 characters"):
+        submit_vote(deps, view.shown, "Right is better", "too short", *NO_DIMENSIONS, as_user("ann"))
+    assert _votes(deps, client_submission_id=view.shown.submission_id) == []
+    assert check_rationale(" long enough now ", deps.settings) == "long enough now"
+
+
+def test_choices_are_button_labels_or_stored_names():
+    assert [parse_choice(v) for v in ("Left is better", "Right is better", "Tie", "Both bad")] == [
+        "left", "right", "tie", "both_bad"]
+    assert parse_choice("both_bad") == "both_bad"
+    with pytest.raises(gr.Error, match="Unknown choice"):
+        parse_choice("<b>up</b>")
+
+
+def test_skip_gives_the_pair_back_and_shows_another(deps):
+    view = load_pair(deps, as_user("ann"))
+    after = skip_pair(deps, view.shown, as_user("ann"))
+    assert after.shown.assignment_id != view.shown.assignment_id
+    with deps.factory() as session:
+        assert session.get(Assignment, view.shown.assignment_id).status == "skipped"
+    assert _votes(deps, origin="annotate") == []
+
+
+def test_when_no_pair_is_left_the_tab_says_so_and_a_vote_is_refused(deps):
+    _fill_pairs(deps)
+    view = load_pair(deps, as_user("ann"))
+    assert view.shown is None and view.instruction == NO_PAIR_HTML and view.left is None
+    with pytest.raises(gr.Error, match="No pair is shown"):
+        submit_vote(deps, None, "left", "", *NO_DIMENSIONS, as_user("ann"))
+
+
+def test_instructions_are_shown_as_text_never_as_html_or_markdown(deps, app_settings):
+    hostile = "<img src=x onerror=alert(1)> [click me](javascript:alert(1)) **bold**"
+    with transaction(deps.factory) as session:
+        images = [store_pil_image(session, image=Image.new("RGB", (32, 32), color), settings=app_settings)
+                  for color in ("red", "green", "blue")]
+        task = create_task(session, source_image_id=images[0].id, instruction=hostile, settings=app_settings)
+        for number, image in enumerate(images[1:], start=1):
+            add_candidate(session, task_id=task.id, image_id=image.id, generator=f"gen-{number}")
+        task_id = task.id
+    _fill_pairs(deps, except_task=task_id)
+    view = load_pair(deps, as_user("ann"))
+    assert view.shown.task_id == task_id
+    assert "<img" not in view.instruction and "&lt;img src=x onerror=alert(1)&gt;" in view.instruction
+    assert "<a" not in view.instruction and "[click me](javascript:alert(1))" in view.instruction
+    assert "<strong>" not in view.instruction and "**bold**" in view.instruction
+
+
+def test_reveal_shows_the_active_versions_scores_and_agreement(app_store, scoring_service):
+    add_users(app_store, ann="annotator")
+    deps = make_deps(app_store, scoring=scoring_service)
+    view = load_pair(deps, as_user("ann"))
+    outcome = submit_vote(deps, view.shown, "left", "", *NO_DIMENSIONS, as_user("ann"))
+    html = reveal_scores(deps, outcome.cast)
+    scores = scoring_service.score_candidates([view.shown.left_candidate_id, view.shown.right_candidate_id])
+    left, right = scores[view.shown.left_candidate_id].score, scores[view.shown.right_candidate_id].score
+    assert app_store.version_name in html and f"left {left:.3f}" in html and f"right {right:.3f}" in html
+    assert ("agrees with you" in html) == (left > right)
+    assert reveal_scores(make_deps(app_store, scoring=scoring_service, reveal_scores_after_vote=False),
+                         outcome.cast) == ""
+
+
+def test_reveal_before_any_version_is_served_says_no_scorer_yet(app_store):
+    add_users(app_store, ann="annotator")
+    service = ScoringService(app_store.factory, app_store.settings)  # not refreshed: serves nothing yet
+    try:
+        deps = make_deps(app_store, scoring=service)
+        view = load_pair(deps, as_user("ann"))
+        outcome = submit_vote(deps, view.shown, "Both bad", "", *NO_DIMENSIONS, as_user("ann"))
+        assert "No scorer yet" in reveal_scores(deps, outcome.cast)
+    finally:
+        service.stop()
+
+
+def test_without_auth_the_local_admin_votes(app_store):
+    deps = make_deps(app_store, auth=False)
+    view = load_pair(deps, as_user(None))
+    submit_vote(deps, view.shown, "right", "", *NO_DIMENSIONS, as_user(None))
+    with deps.factory() as session:
+        local = session.scalar(select(User).where(User.name == LOCAL_USER))
+        assert local.role == "admin" and local.password_hash is None
+        assert session.scalar(select(func.count()).where(Vote.annotator_id == local.id)) == 1
+
+
+def test_a_deactivated_or_anonymous_caller_is_refused(deps):
+    with transaction(deps.factory) as session:
+        deactivate(session, name="ann")
+    with pytest.raises(gr.Error, match="deactivated"):
+        load_pair(deps, as_user("ann"))
+    with pytest.raises(gr.Error, match="Log in first"):
+        load_pair(deps, as_user(None))

@@ -1,0 +1,130 @@
+"""Research handlers: statistics, queued retrains, live run progress, versions, promote/rollback, exports, roles."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import pytest
+from sqlalchemy import select
+
+from app.handlers import research
+from storage.db import transaction
+from storage.models import TrainingRun, User
+from tests.app.conftest import publish_model_dir
+from tests.app.handler_support import add_users, as_user, make_deps
+
+
+@pytest.fixture
+def deps(app_store):
+    add_users(app_store, res="researcher", ann="annotator", boss="admin")
+    return make_deps(app_store)
+
+
+def test_overview_has_the_dataset_statistics_and_votes_per_day(deps):
+    overview = research.research_overview(deps, as_user("res"))
+    for label in ("tasks", "votes", "tie rate", "rationale coverage", "annotators"):
+        assert label in overview.summary
+    assert list(overview.per_day.columns) == ["day", "votes"] and overview.per_day["votes"].sum() > 0
+    assert research.research_overview(deps, as_user("boss")).summary == overview.summary  # admins too
+
+
+def test_a_retrain_is_queued_with_the_form_parameters(deps):
+    status = research.trigger_retrain(deps, 0.0, 2, " tiny ", 5, as_user("res"))
+    with deps.factory() as session:
+        run = session.scalars(select(TrainingRun).order_by(TrainingRun.id.desc())).first()
+        researcher = session.scalar(select(User.id).where(User.name == "res"))
+    assert f"Queued run {run.id}" in status and "No worker runs in this app process" in status
+    assert (run.status, run.trigger, run.requested_by_id) == ("queued", "manual", researcher)
+    assert run.params == {"lm_weight": 0.0, "epochs": 2, "backbone": "tiny", "max_steps": 5}
+
+
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [((-1.0, 3, "tiny", 0), "lm_weight must be &gt;= 0"), ((0.5, 2.5, "tiny", 0), "epochs must be a whole number"),
+     ((0.5, 0, "tiny", 0), "epochs must be a whole number &gt;= 1")],
+)
+def test_bad_retrain_parameters_are_refused_and_nothing_is_queued(deps, form, message):
+    with deps.factory() as session:
+        before = session.scalar(select(TrainingRun.id).order_by(TrainingRun.id.desc()).limit(1))
+    with pytest.raises(gr.Error, match=message):
+        research.trigger_retrain(deps, *form, as_user("res"))
+    with deps.factory() as session:
+        assert session.scalar(select(TrainingRun.id).order_by(TrainingRun.id.desc()).limit(1)) == before
+
+
+def test_runs_show_live_progress_and_loss_curves(deps):
+    with transaction(deps.factory) as session:
+        run = TrainingRun(status="running", trigger="manual", params={}, progress=0.4, step=4, total_steps=10,
+                          eta_s=75.0, loss={"total": 0.61, "pref": 0.6, "lm": 0.02},
+                          history={"step": [1, 2], "total": [0.9, 0.7], "pref": [0.8, 0.6], "lm": [0.2, 0.1]},
+                          error="<script>alert(1)</script>")
+        session.add(run)
+        session.flush()
+        run_id = run.id
+    view = research.runs_view(deps, None, as_user("res"))
+    assert 'aria-valuenow="40"' in view.table and ">4/10<" in view.table and "1m 15s" in view.table
+    assert "<script>" not in view.table and "&lt;script&gt;" in view.table
+    assert f"run {run_id}" in view.caption
+    assert len(view.curves) == 6 and set(view.curves["curve"]) == {"total", "pref", "lm"}
+    older = research.runs_view(deps, 1, as_user("res"))  # the fixture's training run, finished
+    assert "run 1 (succeeded)" in older.caption
+    assert research.cancel_training_run(deps, run_id, as_user("res")) == f"<p>Run {run_id} is cancelled.</p>"
+    with pytest.raises(gr.Error, match="already cancelled"):
+        research.cancel_training_run(deps, run_id, as_user("res"))
+
+
+def test_versions_side_by_side_then_promote_and_roll_back(app_store, scoring_service, shifted_model_dir):
+    add_users(app_store, res="researcher")
+    deps = make_deps(app_store, scoring=scoring_service)
+    _, second = publish_model_dir(app_store.factory, app_store.settings, shifted_model_dir, promote=False)
+    view = research.versions_view(deps, as_user("res"))
+    assert list(view.table["version"]) == [second, app_store.version_name]
+    assert list(view.table["status"]) == ["candidate", "active"]
+    assert "held-out acc." in view.table.columns and view.names.choices[0][0] == second
+    promoted = research.promote(deps, second, "looks better", as_user("res"))
+    assert f"{second} is now active" in promoted.status
+    assert promoted.table.set_index("version").loc[second, "status"] == "active"
+    assert "looks better (promoted by res)" in promoted.table.set_index("version").loc[second, "reason"]
+    assert scoring_service.version[1] == second  # the scorer switched without waiting for its poller
+    rolled = research.roll_back(deps, as_user("res"))
+    assert f"{app_store.version_name} is active again" in rolled.status
+    assert scoring_service.version[1] == app_store.version_name
+    with pytest.raises(gr.Error, match="Choose a version"):
+        research.promote(deps, "v9999", "", as_user("res"))
+
+
+@pytest.mark.parametrize("kind", ["parquet", "trl", "editreward"])
+def test_exports_produce_a_downloadable_file(deps, kind):
+    path = Path(research.export_votes(deps, kind, as_user("res")))
+    assert path.is_file() and path.parent == deps.settings.data_dir / "exports"
+    if kind == "editreward":
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            records = json.loads(archive.read(next(n for n in names if n.endswith("votes.json"))))
+        assert records and any("/images/" in n for n in names)
+    else:
+        assert len(pd.read_parquet(path)) > 0
+
+
+RESEARCH_CALLS = [
+    ("research_overview", ()),
+    ("trigger_retrain", (0.5, 1, "tiny", 1)),
+    ("runs_view", (None,)),
+    ("cancel_training_run", (1,)),
+    ("versions_view", ()),
+    ("promote", ("v0001", "because")),
+    ("roll_back", ()),
+    ("export_votes", ("parquet",)),
+]
+
+
+@pytest.mark.parametrize(("name", "args"), RESEARCH_CALLS, ids=[name for name, _ in RESEARCH_CALLS])
+def test_annotators_are_refused_every_research_handler(deps, name, args):
+    with pytest.raises(gr.Error, match="researcher role required"):
+        getattr(research, name)(deps, *args, as_user("ann"))
+    with deps.factory() as session:
+        assert session.scalar(select(TrainingRun.id).where(TrainingRun.status == "queued")) is None

@@ -1,0 +1,45 @@
+"""`python -m app` start-up: the bind guard, first-run seeding, and the log-in check before serving."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.__main__ import check_exposure, has_login, main, prepare_store
+from app.auth import is_loopback
+from storage.db import transaction
+from storage.repository import dataset_stats
+from storage.settings import load_settings
+from storage.users import create_user
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("127.8.0.1", True), ("::1", True),
+                                                ("localhost", True), ("0.0.0.0", False), ("192.168.1.4", False),
+                                                ("example.org", False)])
+def test_only_loopback_addresses_count_as_private(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def test_a_public_bind_without_log_in_is_refused_with_a_clear_message(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("JRM_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("JRM_AUTH", raising=False)
+    settings = load_settings(environ={}, data_dir=tmp_path, host="0.0.0.0")
+    assert "Refusing to serve on 0.0.0.0 without authentication" in check_exposure(settings)
+    assert check_exposure(load_settings(environ={}, data_dir=tmp_path, host="0.0.0.0", auth=True)) is None
+    assert main(["--host", "0.0.0.0", "--port", "7999"]) == 2
+    assert "--auth" in capsys.readouterr().err
+    assert not (tmp_path / "jrm.db").exists()  # refused before touching the store
+
+
+def test_first_start_seeds_the_demo_once_and_auth_needs_a_user_who_can_log_in(tmp_path):
+    settings = load_settings(environ={}, data_dir=tmp_path, demo_tasks=2)
+    factory = prepare_store(settings)
+    with factory() as session:
+        first = dataset_stats(session)
+    assert first.tasks == 2 and first.votes > 0
+    prepare_store(settings)  # a second start adds nothing
+    with factory() as session:
+        assert dataset_stats(session).tasks == 2
+    assert not has_login(factory)  # simulated annotators have no password
+    with transaction(factory) as session:
+        create_user(session, name="alice", role="admin", password="pw")
+    assert has_login(factory)

@@ -1,0 +1,71 @@
+"""The product in a browser: annotate with the keyboard, retrain from the research tab, score with the new version.
+
+Starts `python -m app` (auth on, worker in-process, a temp SQLite store seeded with a small demo) on a free loopback
+port and drives Debian's Chromium with Playwright. Screenshots land in $JRM_ARTIFACTS_DIR/e2e. Skips when
+/usr/bin/chromium is absent (CI installs it).
+"""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from storage.db import make_engine
+from storage.models import ModelVersion, User, Vote
+from storage.settings import artifacts_dir
+from tests.e2e.browser_walk import (
+    CHROMIUM,
+    browser_page,
+    log_in,
+    open_tab,
+    retrain_and_watch,
+    running_app,
+    score_upload,
+    shoot,
+    vote_with_keys,
+    write_pictures,
+)
+
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="browser tests need Debian's chromium at /usr/bin/chromium"),
+    pytest.mark.timeout(420),
+]
+
+RETRAIN_STEPS = 20  # optimizer steps: a short run whose progress the page still sees change
+
+
+def _rows(database_url: str, statement):
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(statement).all()
+    finally:
+        engine.dispose()
+
+
+def test_annotate_retrain_and_score_in_the_browser(tmp_path):
+    shots = artifacts_dir() / "e2e"
+    with running_app(tmp_path / "data", shots / "app.log") as server, browser_page() as page:
+        log_in(page, server.url, "ann")
+        vote_with_keys(page, ["1", "ArrowRight", "t"], rationale="1 and 2 are not votes: left kept the sky")
+        shoot(page, shots, "annotate")
+        votes = _rows(server.database_url, select(Vote.choice, Vote.rationale).join(User, User.id == Vote.annotator_id)
+                      .where(User.name == "ann").order_by(Vote.id))
+        assert [choice for choice, _ in votes] == ["left", "right", "tie"]
+        assert votes[0][1] == "1 and 2 are not votes: left kept the sky"
+
+        log_in(page, server.url, "res")
+        open_tab(page, "Research")
+        seen = retrain_and_watch(page, max_steps=RETRAIN_STEPS, timeout_s=150)
+        (shots / "run-progress.txt").write_text("\n".join(f"{t:6.1f}s {s} {p}%" for t, s, p in seen) + "\n")
+        assert seen[-1][1:] == ("succeeded", 100), seen
+        progress_while_running = {p for _, s, p in seen if s == "running"}
+        assert progress_while_running and min(progress_while_running) < 100, seen  # the bar moved on the page
+        (name, status), = _rows(server.database_url, select(ModelVersion.name, ModelVersion.status))
+        assert status == "active"
+        page.locator("#refresh-versions").click()
+        page.get_by_text(name).first.wait_for()
+
+        open_tab(page, "Score")
+        score_upload(page, write_pictures(tmp_path / "pictures"), name)
+        shoot(page, shots, "score")

@@ -1,0 +1,376 @@
+"""A training run from its `training_runs` row to a published, gated model version.
+
+`create_run` validates the parameters and queues a row; `run_training_job` runs it: marks it running, snapshots
+the votes (or reuses the run's saved snapshot, so a re-run trains on the same data), trains with progress and a
+heartbeat written to the row, evaluates on the held-out split, publishes the version and applies the promotion
+gate, and marks the run succeeded or failed with the error. Under `accelerate launch` every process trains and
+only the main one touches the database and the registry. The worker runs `python -m trainer train --run-id N`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+import traceback
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from accelerate import PartialState
+from accelerate.utils import set_seed
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.db import transaction
+from storage.errors import InvalidInput, NotFound
+from storage.models import RUN_TRIGGERS, ModelVersion, TrainingRun, User, utcnow
+from storage.settings import Settings
+from trainer.data import HELDOUT, TRAIN, ImageCache, Snapshot, eval_pairs, load_snapshot, snapshot_votes
+from trainer.model import JointRewardModel, JRMConfig
+from trainer.train import ProgressEvent, TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMOTION_TOLERANCE = 0.01
+PROGRESS_INTERVAL_S = 2.0  # the row is written at most this often while training
+HEARTBEAT_INTERVAL_S = 10.0  # …and its heartbeat at least this often, also while a slow step or the evaluation runs
+MAX_ERROR_CHARS = 4000
+RUN_KEYS = ("promotion_tolerance", "promote")  # params that belong to the run, not to a config
+
+
+class RunCancelled(RuntimeError):
+    """The run's row stopped being `running` (cancelled from the app or taken over); training stops."""
+
+
+@dataclass(frozen=True)
+class RunParams:
+    """A run's validated `params`: the model's config, the training config and what to do with the result."""
+
+    jrm: JRMConfig
+    train: TrainConfig
+    promotion_tolerance: float = DEFAULT_PROMOTION_TOLERANCE
+    promote: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting, defaults included (what the run row records)."""
+        return {
+            **self.jrm.to_dict(),
+            **self.train.to_dict(),
+            "promotion_tolerance": self.promotion_tolerance,
+            "promote": self.promote,
+        }
+
+
+def parse_params(params: Any) -> RunParams:
+    """Validate a run's `params` JSON (JRMConfig and TrainConfig fields, `promotion_tolerance`, `promote`)."""
+    if not isinstance(params, dict):
+        raise InvalidInput(f"params must be a JSON object, got {type(params).__name__}.")
+    jrm_keys = {f.name for f in fields(JRMConfig)}
+    train_keys = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(params) - jrm_keys - train_keys - set(RUN_KEYS))
+    if unknown:
+        known = sorted(jrm_keys | train_keys | set(RUN_KEYS))
+        raise InvalidInput(f"Unknown training parameter(s) {unknown}; known: {', '.join(known)}.")
+    tolerance = params.get("promotion_tolerance", DEFAULT_PROMOTION_TOLERANCE)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not 0 <= tolerance < 1:
+        raise InvalidInput(f"promotion_tolerance must be a number in [0, 1), e.g. 0.01; got {tolerance!r}.")
+    promote = params.get("promote", True)
+    if not isinstance(promote, bool):
+        raise InvalidInput(f"promote must be true or false, got {promote!r}.")
+    try:
+        _check_types(JRMConfig, params)
+        _check_types(TrainConfig, params)
+        jrm = JRMConfig(**{k: v for k, v in params.items() if k in jrm_keys})
+        config = TrainConfig(**{k: v for k, v in params.items() if k in train_keys})
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"Invalid training parameters: {exc}") from None
+    return RunParams(jrm=jrm, train=config, promotion_tolerance=float(tolerance), promote=promote)
+
+
+def _check_types(cls: type, params: dict[str, Any]) -> None:
+    """JSON can carry the wrong type (a string λ); check each given field against its default's type."""
+    for f in fields(cls):
+        if f.name not in params or f.default is None:
+            continue
+        value, default = params[f.name], f.default
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+        elif isinstance(default, float):
+            ok, kind = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a string"
+        else:  # tuples of names
+            ok, kind = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value), "a list of names"
+        if not ok:
+            raise ValueError(f"{f.name} must be {kind}, got {value!r}.")
+
+
+def create_run(
+    session: Session, *, params: dict[str, Any], trigger: str, requested_by_id: int | None = None
+) -> TrainingRun:
+    """Queue a training run with validated `params` (stored as given); the caller commits."""
+    parse_params(params)
+    if trigger not in RUN_TRIGGERS:
+        raise InvalidInput(f"trigger must be one of {', '.join(RUN_TRIGGERS)}; got {trigger!r}.")
+    if requested_by_id is not None and session.get(User, requested_by_id) is None:
+        raise NotFound(f"user {requested_by_id} does not exist; pass the id of the researcher who asked.")
+    run = TrainingRun(status="queued", trigger=trigger, requested_by_id=requested_by_id, params=dict(params))
+    session.add(run)
+    session.flush()
+    return run
+
+
+# --- writing to the run's row ----------------------------------------------------------------------------------
+
+
+def _update_run(factory: sessionmaker[Session], run_id: int, *, running_only: bool = False, **values: Any) -> bool:
+    """One short transaction; with `running_only`, only while the row is still `running`. True if it changed."""
+    with transaction(factory) as session:
+        query = update(TrainingRun).where(TrainingRun.id == run_id)
+        if running_only:
+            query = query.where(TrainingRun.status == "running")
+        return session.execute(query.values(**values)).rowcount == 1
+
+
+class RunReporter:
+    """Writes training progress to the run's row (throttled) and a heartbeat from a background thread."""
+
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        run_id: int,
+        *,
+        interval_s: float = PROGRESS_INTERVAL_S,
+        heartbeat_s: float = HEARTBEAT_INTERVAL_S,
+    ):
+        self.factory, self.run_id = factory, run_id
+        self.interval_s, self.heartbeat_s = interval_s, heartbeat_s
+        self.history: dict[str, list[float]] = {}
+        self._last_write = -float("inf")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> RunReporter:
+        self._thread = threading.Thread(target=self._beat, name=f"run-{self.run_id}-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                _update_run(self.factory, self.run_id, running_only=True, heartbeat_at=utcnow())
+            except Exception:  # noqa: BLE001 - a missed heartbeat must not kill training; the next one retries
+                log.exception("heartbeat of run %s failed", self.run_id)
+
+    def __call__(self, event: ProgressEvent) -> None:
+        """The `train()` progress callback: record the curve, write the row every `interval_s` and at the end."""
+        for key, value in (("step", event.step), *event.loss.items(), ("lr", event.lr)):
+            self.history.setdefault(key, []).append(value)
+        now = time.monotonic()
+        if now - self._last_write < self.interval_s and event.step < event.total_steps:
+            return
+        self._last_write = now
+        written = _update_run(
+            self.factory,
+            self.run_id,
+            running_only=True,
+            progress=event.progress,
+            step=event.step,
+            total_steps=event.total_steps,
+            eta_s=round(event.eta_s, 1),
+            loss=event.loss,
+            history=self.history,
+            heartbeat_at=utcnow(),
+        )
+        if not written:
+            raise RunCancelled(f"run {self.run_id} is no longer running (cancelled?); training stopped.")
+
+
+# --- the job ---------------------------------------------------------------------------------------------------
+
+
+def _start_run(factory: sessionmaker[Session], run_id: int) -> dict[str, Any]:
+    """Mark the run running (queued, or already claimed by a worker) and return its raw params."""
+    with transaction(factory) as session:
+        run = session.get(TrainingRun, run_id, with_for_update=True)
+        if run is None:
+            raise NotFound(f"No training run with id {run_id}.")
+        if run.status not in ("queued", "running"):
+            raise InvalidInput(
+                f"run {run_id} is {run.status}; only queued (or claimed) runs can be trained. Queue a new run instead."
+            )
+        now = utcnow()
+        run.status, run.started_at, run.heartbeat_at, run.error = "running", run.started_at or now, now, None
+        run.progress, run.step = 0.0, 0
+        return dict(run.params or {})
+
+
+def _run_params(factory: sessionmaker[Session], run_id: int) -> RunParams:
+    with factory() as session:
+        run = session.get(TrainingRun, run_id)
+        if run is None:
+            raise NotFound(f"No training run with id {run_id}.")
+        return parse_params(dict(run.params or {}))
+
+
+def _fail_run(factory: sessionmaker[Session], run_id: int, exc: BaseException) -> None:
+    """Record the error (the message first, then the traceback's last lines) unless the run was cancelled."""
+    if isinstance(exc, RunCancelled):
+        return
+    summary = f"{type(exc).__name__}: {exc}" if not isinstance(exc, InvalidInput | NotFound) else str(exc)
+    detail = "".join(traceback.format_exception(exc)[-3:])
+    text = summary if isinstance(exc, InvalidInput | NotFound) else f"{summary}\n\n{detail}"
+    try:
+        _update_run(
+            factory, run_id, status="failed", error=text[:MAX_ERROR_CHARS], finished_at=utcnow(), heartbeat_at=utcnow()
+        )
+    except Exception:  # noqa: BLE001 - the original error matters more than a failed status write
+        log.exception("could not mark run %s failed", run_id)
+
+
+def run_folder(settings: Settings, run_id: int) -> Path:
+    """`<runs_dir>/<run id>`: the run's snapshot and logs."""
+    return settings.runs_dir / str(run_id)
+
+
+def _snapshot(factory: sessionmaker[Session], run_id: int, settings: Settings) -> Snapshot:
+    """The run's saved snapshot when it has one (a re-run trains on the same votes), else a new one."""
+    folder = run_folder(settings, run_id) / "snapshot"
+    with factory() as session:
+        saved = session.get(TrainingRun, run_id).snapshot_path
+    if saved and Path(saved).is_dir():
+        return load_snapshot(saved)
+    if folder.exists():  # a crash before the row was updated: the half-written folder is not trusted
+        shutil.rmtree(folder)
+    with factory() as session:
+        snapshot = snapshot_votes(session, settings=settings, folder=folder)
+    _update_run(
+        factory,
+        run_id,
+        snapshot_path=str(folder),
+        snapshot_fingerprint=snapshot.fingerprint,
+        vote_watermark=snapshot.watermark,
+    )
+    return snapshot
+
+
+def _check_splits(snapshot: Snapshot) -> None:
+    counts = snapshot.counts()
+    if counts["train_votes"] == 0:
+        raise InvalidInput(
+            f"No votes to train on: the snapshot holds {len(snapshot.dataset)} votes, none of them in "
+            "the train split. Collect more votes (or build the demo data) first."
+        )
+
+
+def evaluate_heldout(model: JointRewardModel, snapshot: Snapshot) -> dict[str, Any]:
+    """`trainer.evaluate`'s report on the held-out split, with the split sizes; `heldout_accuracy` None if empty."""
+    from trainer.evaluate import evaluate_pairs
+
+    heldout = snapshot.split(HELDOUT)
+    report: dict[str, Any] = {"heldout_accuracy": None}
+    if len(heldout):
+        report = evaluate_pairs(model, eval_pairs(heldout, cache=ImageCache()))
+    return {**report, **snapshot.counts(), "snapshot_fingerprint": snapshot.fingerprint}
+
+
+def run_training_job(factory: sessionmaker[Session], *, run_id: int, settings: Settings) -> ModelVersion | None:
+    """Train, evaluate, publish and gate run `run_id`; the new version (None on non-main processes)."""
+    state = PartialState()
+    if not state.is_main_process:
+        return _follow(factory, run_id=run_id, settings=settings)
+    raw_params = _start_run(factory, run_id)  # an unknown or finished run raises here and changes nothing
+    try:
+        params = parse_params(raw_params)
+        with RunReporter(factory, run_id) as reporter:
+            snapshot = _snapshot(factory, run_id, settings)
+            state.wait_for_everyone()  # the other processes read the snapshot once it is saved
+            _check_splits(snapshot)
+            model = _train_model(params, snapshot, settings, reporter)
+            state.wait_for_everyone()
+            metrics = evaluate_heldout(model, snapshot)
+            version = _publish(
+                factory,
+                run_id=run_id,
+                model=model,
+                params=params,
+                snapshot=snapshot,
+                metrics=metrics,
+                settings=settings,
+            )
+    except BaseException as exc:
+        _fail_run(factory, run_id, exc)
+        raise
+    return version
+
+
+def _follow(factory: sessionmaker[Session], *, run_id: int, settings: Settings) -> None:
+    """A non-main process: train on the snapshot the main process saved, write nothing."""
+    state = PartialState()
+    params = _run_params(factory, run_id)
+    state.wait_for_everyone()
+    with factory() as session:
+        snapshot = load_snapshot(session.get(TrainingRun, run_id).snapshot_path)
+    _check_splits(snapshot)
+    _train_model(params, snapshot, settings, progress=None)
+    state.wait_for_everyone()
+    return None
+
+
+def _train_model(
+    params: RunParams, snapshot: Snapshot, settings: Settings, progress: RunReporter | None
+) -> JointRewardModel:
+    set_seed(params.train.seed)  # the reward head's init
+    model = JointRewardModel.from_config(params.jrm, cache_dir=settings.data_dir / "backbones")
+    train(model, snapshot.split(TRAIN), config=params.train, jrm_config=params.jrm, progress=progress)
+    return model
+
+
+def _publish(
+    factory: sessionmaker[Session],
+    *,
+    run_id: int,
+    model: JointRewardModel,
+    params: RunParams,
+    snapshot: Snapshot,
+    metrics: dict[str, Any],
+    settings: Settings,
+) -> ModelVersion:
+    """Publish the model, gate it, and mark the run succeeded, all in one transaction."""
+    from trainer.registry import apply_promotion_gate, publish_version
+
+    config = {
+        "jrm": params.jrm.to_dict(),
+        "train": params.train.to_dict(),
+        "snapshot_fingerprint": snapshot.fingerprint,
+        "vote_watermark": snapshot.watermark,
+    }
+    with transaction(factory) as session:
+        version = publish_version(
+            session,
+            save=model.save,
+            settings=settings,
+            backbone=params.jrm.backbone,
+            config=config,
+            metrics=metrics,
+            run_id=run_id,
+        )
+        if params.promote:
+            apply_promotion_gate(
+                session, version_id=version.id, tolerance=params.promotion_tolerance, settings=settings
+            )
+        run = session.get(TrainingRun, run_id)
+        run.status, run.progress, run.metrics, run.finished_at = "succeeded", 1.0, metrics, utcnow()
+        run.eta_s, run.heartbeat_at = 0.0, utcnow()
+        session.flush()
+        session.refresh(version)
+    return version
