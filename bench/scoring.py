@@ -1,6 +1,6 @@
 """Benchmark JRM scoring against a generative judge on the same backbone; print Markdown tables.
 
-    python bench/scoring.py                  # tiny preset + a random 512-hidden / 4-layer LLaVA (~5 min, 2 cores)
+    python bench/scoring.py                  # tiny preset + a random 512-hidden / 4-layer LLaVA (~6.5 min CPU)
     python bench/scoring.py --quick          # CI-sized
     python bench/scoring.py --backbone tiny --hidden 0 --layers 0 --tokens 48,128,256 --batches 1,16
 
@@ -61,7 +61,7 @@ JUDGE_QUESTION = (
     "Which edit follows the instruction better? Explain, then answer A or B."
 )
 VERDICT_PROMPT = "\nVerdict:"
-FLOOR_BUDGET_S = 12.0  # prefill vs JRM differ little: more rounds (up to 5 × --repeats) while under this budget
+FLOOR_BUDGET_S = 12.0  # prefill vs JRM differ little: 2-5 × --repeats rounds, more while under this budget
 TRAIN_BUDGET_S = 20.0  # training steps: 3 rounds, more (up to --train-repeats) while under this budget
 MIB = 2**20
 
@@ -111,16 +111,19 @@ def build_model(backbone: str, hidden: int, layers: int, cache_dir: str | None) 
 
 
 def describe_size(model: JointRewardModel) -> str:
+    """The language model's size as "hidden H, L layers"."""
     text = model.backbone.config.get_text_config()
     return f"hidden {text.hidden_size}, {text.num_hidden_layers} layers"
 
 
 def lm_head_bytes(model: JointRewardModel) -> int:
+    """Bytes of the LM head's parameters."""
     head = model.backbone.get_output_embeddings()
     return sum(p.numel() * p.element_size() for p in head.parameters())
 
 
 def param_bytes(model: JointRewardModel) -> int:
+    """Bytes of every parameter (backbone, LM head, reward head)."""
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
@@ -263,7 +266,7 @@ def _time_batch(model: JointRewardModel, pairs: list[PairInput], args: argparse.
     floor_times = round_robin(
         {"prefill": floor, "jrm": jrm},
         device,
-        rounds=args.repeats,
+        rounds=2 * args.repeats,
         max_rounds=5 * args.repeats,
         budget_s=FLOOR_BUDGET_S,
     )
@@ -304,6 +307,7 @@ def train_rows(model: JointRewardModel, pairs: list[PairInput], args: argparse.N
 
 
 def _status_kib(field: str) -> int:
+    """A /proc/self/status memory field (VmRSS, VmHWM) in KiB."""
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
 
@@ -378,6 +382,7 @@ def memory_rows(model: JointRewardModel, args: argparse.Namespace) -> list[tuple
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
@@ -452,7 +457,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# bench/scoring.py — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"{platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} thread(s),")
     print(
-        f"device {device}; rounds: judge {args.repeats}, prefill/JRM {args.repeats}–{5 * args.repeats} "
+        f"device {device}; rounds: judge {args.repeats}, prefill/JRM {2 * args.repeats}–{5 * args.repeats} "
         f"({FLOOR_BUDGET_S:.0f} s budget), train 3–{args.train_repeats} ({TRAIN_BUDGET_S:.0f} s budget); "
         "times are medians, ratios medians of per-round ratios"
     )
@@ -480,7 +485,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--layers", type=_ints, default=[0, 4], help="LM layer counts, one per size (0: as is)")
     parser.add_argument("--tokens", type=_ints, default=[48, 128, 256], help="judge rationale lengths N")
     parser.add_argument("--batches", type=_ints, default=[1, 16], help="batch sizes in pairs")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds with the judge (prefill vs JRM: up to 5×)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds with the judge (prefill vs JRM: 2-5×)")
     parser.add_argument("--train-pairs", type=int, default=8)
     parser.add_argument("--train-repeats", type=int, default=5)
     parser.add_argument("--memory-tokens", type=_ints, default=[256], help="judge N for memory ('' to skip)")
