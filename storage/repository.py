@@ -177,11 +177,13 @@ def _id(value: object, *, kind: str) -> int:
     return value
 
 
-def _json_object(value: object, *, field: str) -> dict[str, Any] | None:
-    if value is None:
+def json_object(value: object, *, field: str, optional: bool = True) -> dict[str, Any] | None:
+    """`value` if it is a JSON object without NaN (PostgreSQL's JSON refuses NaN); None passes when optional."""
+    if value is None and optional:
         return None
     if not isinstance(value, dict):
-        raise InvalidInput(f"{field} must be a dict (a JSON object) or None, got {type(value).__name__}.")
+        allowed = "a dict (a JSON object) or None" if optional else "a dict (a JSON object)"
+        raise InvalidInput(f"{field} must be {allowed}, got {type(value).__name__}.")
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -327,7 +329,7 @@ def add_candidate(
 ) -> Candidate:
     """Add an edited image to a task and pair it with every other candidate; returns an existing duplicate."""
     generator = _name(generator, field="generator", max_chars=NAME_MAX_CHARS, example="instruct-pix2pix")
-    extra = _json_object(extra, field="extra")
+    extra = json_object(extra, field="extra")
     # Row lock on PostgreSQL (SQLite's BEGIN IMMEDIATE already serialises): two candidates added at once to
     # the same task must each see the other, or their pair would never be created.
     task = session.get(Task, _id(task_id, kind="task"), with_for_update=True)

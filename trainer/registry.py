@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from storage.errors import InvalidInput, NotFound
 from storage.models import Candidate, ModelVersion, Score, TrainingRun, utcnow
+from storage.repository import json_object
 from storage.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -249,22 +250,12 @@ def sweep_incomplete(settings: Settings) -> list[Path]:
 # --- publish ---------------------------------------------------------------------------------------------
 
 
-def _json_dict(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidInput(f"{what} must be a dict, got {type(value).__name__}.")
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{what} must be JSON-serialisable without NaN/inf: {exc}") from None
-    return value
-
-
 def _validate_publish(*, backbone: str, config: Any, metrics: Any) -> None:
     if not isinstance(backbone, str) or not backbone.strip():
         raise InvalidInput("backbone must name the backbone (a hub id or local path), not be empty.")
-    _json_dict(config, "config")
+    json_object(config, field="config", optional=False)
     if metrics is not None:
-        _json_dict(metrics, "metrics")
+        json_object(metrics, field="metrics", optional=False)
 
 
 def _move_orphan_aside(final: Path) -> None:
