@@ -10,11 +10,13 @@ only the main one touches the database and the registry. The worker runs `python
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
 import traceback
-from dataclasses import dataclass, fields
+import uuid
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,21 @@ from accelerate.utils import set_seed
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.db import transaction
+from storage.db import session_factory, transaction
 from storage.errors import InvalidInput, NotFound
 from storage.models import RUN_TRIGGERS, ModelVersion, TrainingRun, User, utcnow
 from storage.settings import Settings
-from trainer.data import HELDOUT, TRAIN, ImageCache, Snapshot, eval_pairs, load_snapshot, snapshot_votes
+from trainer.data import (
+    HELDOUT,
+    TRAIN,
+    ImageCache,
+    Snapshot,
+    eval_pairs,
+    load_snapshot,
+    make_snapshot,
+    save_snapshot,
+    vote_rows,
+)
 from trainer.model import JointRewardModel, JRMConfig
 from trainer.train import ProgressEvent, TrainConfig, train
 
@@ -38,6 +50,7 @@ PROGRESS_INTERVAL_S = 2.0  # the row is written at most this often while trainin
 HEARTBEAT_INTERVAL_S = 10.0  # …and its heartbeat at least this often, also while a slow step or the evaluation runs
 MAX_ERROR_CHARS = 4000
 RUN_KEYS = ("promotion_tolerance", "promote")  # params that belong to the run, not to a config
+SNAPSHOT_STAGING_PREFIX = ".snapshot-tmp-"  # a snapshot being written, beside the run's `snapshot` folder
 
 
 class RunCancelled(RuntimeError):
@@ -243,16 +256,27 @@ def run_folder(settings: Settings, run_id: int) -> Path:
 
 
 def _snapshot(factory: sessionmaker[Session], run_id: int, settings: Settings) -> Snapshot:
-    """The run's saved snapshot when it has one (a re-run trains on the same votes), else a new one."""
+    """The run's saved snapshot when it has one (a re-run trains on the same votes), else a new one.
+
+    A new one is read in a read-only session and written to a staging folder with no transaction open (on SQLite,
+    votes go on meanwhile), renamed into place complete, and only then recorded on the row.
+    """
     folder = run_folder(settings, run_id) / "snapshot"
     with factory() as session:
         saved = session.get(TrainingRun, run_id).snapshot_path
     if saved and Path(saved).is_dir():
         return load_snapshot(saved)
-    if folder.exists():  # a crash before the row was updated: the half-written folder is not trusted
-        shutil.rmtree(folder)
-    with factory() as session:
-        snapshot = snapshot_votes(session, settings=settings, folder=folder)
+    for leftover in (folder, *folder.parent.glob(f"{SNAPSHOT_STAGING_PREFIX}*")):
+        if leftover.exists():  # a crash before the row was updated: a folder the row does not point at is not trusted
+            shutil.rmtree(leftover)
+    with session_factory(factory.kw["bind"], read_only=True)() as session:
+        rows = vote_rows(session, settings=settings)
+    staging = folder.with_name(f"{SNAPSHOT_STAGING_PREFIX}{uuid.uuid4().hex}")
+    try:
+        snapshot = save_snapshot(make_snapshot(rows), staging)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # a no-op once renamed
     _update_run(
         factory,
         run_id,
@@ -260,7 +284,7 @@ def _snapshot(factory: sessionmaker[Session], run_id: int, settings: Settings) -
         snapshot_fingerprint=snapshot.fingerprint,
         vote_watermark=snapshot.watermark,
     )
-    return snapshot
+    return replace(snapshot, path=folder)
 
 
 def _check_splits(snapshot: Snapshot) -> None:
@@ -345,8 +369,11 @@ def _publish(
     metrics: dict[str, Any],
     settings: Settings,
 ) -> ModelVersion:
-    """Publish the model, gate it, and mark the run succeeded, all in one transaction."""
-    from trainer.registry import apply_promotion_gate, publish_version
+    """Save the model with no transaction open, then publish, gate and mark the run succeeded in one short one.
+
+    A run that stopped being `running` meanwhile (cancelled) publishes nothing: its staged files are removed.
+    """
+    from trainer.registry import add_version, apply_promotion_gate, stage_version
 
     config = {
         "jrm": params.jrm.to_dict(),
@@ -354,21 +381,19 @@ def _publish(
         "snapshot_fingerprint": snapshot.fingerprint,
         "vote_watermark": snapshot.watermark,
     }
-    with transaction(factory) as session:
-        version = publish_version(
-            session,
-            save=model.save,
-            settings=settings,
-            backbone=params.jrm.backbone,
-            config=config,
-            metrics=metrics,
-            run_id=run_id,
-        )
-        if params.promote:
+    staging = stage_version(
+        save=model.save, settings=settings, backbone=params.jrm.backbone, config=config, metrics=metrics
+    )
+    with staging as staged, transaction(factory) as session:
+        run = session.get(TrainingRun, run_id, with_for_update=True, populate_existing=True)  # a cancel waits for us
+        if run is None or run.status != "running":
+            status = "gone" if run is None else run.status
+            raise RunCancelled(f"run {run_id} is {status}; its model was not published.")
+        version = add_version(session, staged, run_id=run_id)
+        if params.promote:  # the files were hashed moments ago, while staging: not read again under the lock
             apply_promotion_gate(
-                session, version_id=version.id, tolerance=params.promotion_tolerance, settings=settings
+                session, version_id=version.id, tolerance=params.promotion_tolerance, settings=settings, verify=False
             )
-        run = session.get(TrainingRun, run_id)
         run.status, run.progress, run.metrics, run.finished_at = "succeeded", 1.0, metrics, utcnow()
         run.eta_s, run.heartbeat_at = 0.0, utcnow()
         session.flush()

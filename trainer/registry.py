@@ -24,10 +24,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from storage.db import session_factory
 from storage.errors import InvalidInput, NotFound
 from storage.models import Candidate, ModelVersion, Score, TrainingRun, utcnow
 from storage.repository import json_object
@@ -277,6 +278,63 @@ def _place(tmp: Path, *, name: str, created_at: datetime, files: dict[str, Any])
     _fsync_path(tmp.parent)
 
 
+@dataclass(frozen=True)
+class StagedVersion:
+    """A model saved, hashed and flushed in a flock-held temp folder: a version once `add_version` records it."""
+
+    folder: Path
+    files: dict[str, dict[str, Any]]
+    backbone: str
+    config: dict[str, Any]
+    metrics: dict[str, Any] | None
+
+
+@contextmanager
+def stage_version(
+    *,
+    save: Callable[[Path], object],
+    settings: Settings,
+    backbone: str,
+    config: dict[str, Any],
+    metrics: dict[str, Any] | None,
+) -> Iterator[StagedVersion]:
+    """Save, hash and flush a model in a `.tmp-<uuid>` folder; use no transaction meanwhile.
+
+    Inside the block, `add_version` turns it into a version; leaving the block without doing so removes the files.
+    """
+    _validate_publish(backbone=backbone, config=config, metrics=metrics)
+    settings.registry_dir.mkdir(parents=True, exist_ok=True)
+    with _tmp_folder(settings.registry_dir) as tmp:
+        save(tmp)
+        files = _hash_payload(tmp)
+        _fsync_tree(tmp)
+        yield StagedVersion(tmp, files, backbone, config, metrics)
+
+
+def add_version(session: Session, staged: StagedVersion, *, run_id: int | None = None) -> ModelVersion:
+    """Record `staged` as a new `candidate` row and rename its folder into place (not committed): only quick work."""
+    if run_id is not None and session.get(TrainingRun, run_id) is None:
+        raise NotFound(f"No training run with id {run_id}.")
+    created_at = utcnow()
+    with session.begin_nested():  # a failure below leaves no row, and the caller's session usable
+        version = ModelVersion(
+            name=f"pending-{uuid.uuid4().hex}",
+            path="",
+            backbone=staged.backbone,
+            config=staged.config,
+            metrics=staged.metrics,
+            run_id=run_id,
+            status="candidate",
+            created_at=created_at,
+        )
+        session.add(version)
+        session.flush()  # the id names the version: unique across concurrent workers
+        version.name = version.path = f"v{version.id:04d}"
+        session.flush()
+        _place(staged.folder, name=version.name, created_at=created_at, files=staged.files)  # last: nothing after fails
+    return version
+
+
 def publish_version(
     session: Session,
     *,
@@ -288,34 +346,10 @@ def publish_version(
     run_id: int | None = None,
 ) -> ModelVersion:
     """Save a model as a new `candidate` version: files renamed into place complete, row added (not committed)."""
-    _validate_publish(backbone=backbone, config=config, metrics=metrics)
-    settings.registry_dir.mkdir(parents=True, exist_ok=True)
-    with _tmp_folder(settings.registry_dir) as tmp:
-        # Saving, hashing and flushing happen before any DB write: on SQLite the insert holds the one write lock
-        # until the caller commits, and a multi-GB checkpoint must not block every vote meanwhile.
-        save(tmp)
-        files = _hash_payload(tmp)
-        _fsync_tree(tmp)
-        if run_id is not None and session.get(TrainingRun, run_id) is None:
-            raise NotFound(f"No training run with id {run_id}.")
-        created_at = utcnow()
-        with session.begin_nested():  # a failure below leaves no row, and the caller's session usable
-            version = ModelVersion(
-                name=f"pending-{uuid.uuid4().hex}",
-                path="",
-                backbone=backbone,
-                config=config,
-                metrics=metrics,
-                run_id=run_id,
-                status="candidate",
-                created_at=created_at,
-            )
-            session.add(version)
-            session.flush()  # the id names the version: unique across concurrent workers
-            version.name = version.path = f"v{version.id:04d}"
-            session.flush()
-            _place(tmp, name=version.name, created_at=created_at, files=files)  # last: nothing after it can fail
-    return version
+    # Staging comes before any DB write: on SQLite the insert holds the one write lock until the caller commits,
+    # and a multi-GB checkpoint must not block every vote meanwhile.
+    with stage_version(save=save, settings=settings, backbone=backbone, config=config, metrics=metrics) as staged:
+        return add_version(session, staged, run_id=run_id)
 
 
 # --- switching the active version ------------------------------------------------------------------------
@@ -409,9 +443,19 @@ def _gate_verdict(new: ModelVersion, active: ModelVersion | None, *, metric: str
 
 
 def apply_promotion_gate(
-    session: Session, *, version_id: int, tolerance: float, settings: Settings, metric: str = "heldout_accuracy"
+    session: Session,
+    *,
+    version_id: int,
+    tolerance: float,
+    settings: Settings,
+    metric: str = "heldout_accuracy",
+    verify: bool = True,
 ) -> GateDecision:
-    """Activate a candidate if its `metric` >= the active one's minus `tolerance`; otherwise mark it rejected."""
+    """Activate a candidate if its `metric` >= the active one's minus `tolerance`; otherwise mark it rejected.
+
+    Before promoting, the files are hash-checked (a read of the whole checkpoint, in the caller's transaction);
+    `verify=False` skips that for a version `add_version` placed in this same transaction from files just hashed.
+    """
     if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not 0 <= tolerance < math.inf:
         raise InvalidInput(f"tolerance must be a finite number >= 0, got {tolerance!r}.")
     _lock_registry(session)
@@ -420,7 +464,7 @@ def apply_promotion_gate(
         raise InvalidInput(f"{new.name} is {new.status}; only candidates go through the gate (use promote_version).")
     active = _current_active(session)
     decision = _gate_verdict(new, active, metric=metric, tolerance=tolerance)
-    if decision.promoted:
+    if decision.promoted and verify:
         try:
             _require_files(settings, new)
         except VersionFilesError as exc:
@@ -512,6 +556,22 @@ def _default_loader(path: Path, *, device: str) -> Any:
     return JointRewardModel.load(path, device=device, lm_head=False)  # a scorer never needs the LM head
 
 
+def _active_for_loading(session: Session) -> ModelVersion | None:
+    """The active version, read without leaving a transaction open in `session` when it had none.
+
+    A session already in a transaction (perhaps with uncommitted work the caller wants seen) is read as it is; that
+    transaction is the caller's to end. Otherwise the row comes from a short read-only session of its own and is
+    merged into `session` without SQL, so no connection (on SQLite: no write lock) is held while the model loads.
+    """
+    if session.in_transaction() or session.new or session.dirty or session.deleted:
+        return active_version(session)
+    bind = session.get_bind()
+    reader = session_factory(bind, read_only=True) if isinstance(bind, Engine) else sessionmaker(bind)
+    with reader() as own:
+        version = active_version(own)
+    return None if version is None else session.merge(version, load=False)
+
+
 def load_scorer(
     session: Session,
     *,
@@ -520,8 +580,11 @@ def load_scorer(
     loader: Callable[..., Any] | None = None,
     verify: bool = True,
 ) -> tuple[ModelVersion, Any] | None:
-    """(active version, loaded model), or None when no version is active; files are hash-checked first."""
-    version = active_version(session)
+    """(active version, loaded model), or None when no version is active; files are hash-checked first.
+
+    Pass a session with no transaction open and none is held during the (slow) hash check and load.
+    """
+    version = _active_for_loading(session)
     if version is None:
         return None
     path = version_dir(settings, version)

@@ -25,6 +25,7 @@ from trainer.registry import (
     GateDecision,
     VersionFilesError,
     active_version,
+    add_version,
     apply_promotion_gate,
     cached_scores,
     list_versions,
@@ -33,6 +34,7 @@ from trainer.registry import (
     publish_version,
     record_scores,
     rollback,
+    stage_version,
     sweep_incomplete,
     verify_version_files,
     version_dir,
@@ -240,6 +242,21 @@ def test_concurrent_publishes_get_distinct_names(factory, settings):
 
     assert sorted(names) == ["v0001", "v0002", "v0003", "v0004"]
     assert version_folders(settings) == sorted(names) and leftovers(settings) == []
+
+
+def test_a_staged_version_that_is_not_added_leaves_nothing(session, settings):
+    save = TinyModel(torch.ones(2)).save
+    with stage_version(save=save, settings=settings, backbone="tiny", config={}, metrics=None) as staged:
+        assert set(staged.files) == {"model.safetensors", "config.json"} and staged.folder.name.startswith(".tmp-")
+        assert not session.in_transaction()  # staging touches no database
+    assert list(settings.registry_dir.iterdir()) == [] and list_versions(session) == []
+
+    metrics = {"heldout_accuracy": 1.0}
+    with stage_version(save=save, settings=settings, backbone="tiny", config={}, metrics=metrics) as staged:
+        version = add_version(session, staged)
+    session.commit()
+    assert version.name == "v0001" and version_folders(settings) == ["v0001"] and leftovers(settings) == []
+    verify_version_files(version_dir(settings, version))
 
 
 @pytest.mark.parametrize(
@@ -522,6 +539,34 @@ def test_load_scorer_loads_the_active_version(session, settings):
 
     assert version.name == "v0001"
     assert torch.equal(model.weight, torch.arange(4, dtype=torch.float32) + 7)
+
+
+def test_load_scorer_holds_no_transaction_while_loading(engine, factory, settings):
+    with factory() as session:
+        gate(session, settings, publish(session, settings, accuracy=0.5, seed=3))
+        session.commit()
+    loads: list[Path] = []
+
+    def slow_loader(path: Path, *, device: str) -> TinyModel:
+        # A session inside a transaction holds a pooled connection (on SQLite: the write lock), so none may be out.
+        assert engine.pool.checkedout() == 0, "load_scorer kept a transaction open during the load"
+        with factory() as other:  # votes and other writes go on meanwhile
+            other.add(Image(sha256=str(len(loads)) * 64, width=8, height=8, format="png", byte_size=10))
+            other.commit()
+        loads.append(path)
+        return TinyModel.load(path, device=device)
+
+    with factory() as session:
+        version, model = load_scorer(session, settings=settings, loader=slow_loader)
+        assert version in session and version.name == "v0001" and version.status == "active"
+        assert torch.equal(model.weight, torch.arange(4, dtype=torch.float32) + 3)
+        version.reason = "still usable in the caller's session"
+        session.commit()
+    with factory() as session:
+        assert active_version(session).reason == "still usable in the caller's session"
+        session.commit()
+        assert load_scorer(session, settings=settings, loader=slow_loader)[0].name == "v0001"  # also after a commit
+    assert len(loads) == 2
 
 
 def test_load_scorer_refuses_corrupt_files(session, settings):
