@@ -57,6 +57,8 @@ class Settings:
                        default=False)
     reveal_scores_after_vote: bool = _help("Show annotators the active scorer's scores of a pair after they vote.",
                                            default=True)
+    first_run_max_steps: int = _help("Optimizer steps of the first run on a fresh install, so the app gets a scorer "
+                                     "within minutes (0: the training defaults).", default=150)
     demo_tasks: int = _help("Demo tasks the app seeds into an empty store on its first start (0: none).",
                             default=200)
 
@@ -85,6 +87,8 @@ class Settings:
             raise SettingsError("JRM_HOST is empty; use 127.0.0.1 (this machine only) or an interface address.")
         if not 1 <= self.port <= 65535:
             raise SettingsError(f"JRM_PORT must be a TCP port from 1 to 65535, got {self.port}.")
+        if self.first_run_max_steps < 0:
+            raise SettingsError("JRM_FIRST_RUN_MAX_STEPS must be >= 0 (0: the training defaults).")
         if self.demo_tasks < 0:
             raise SettingsError("JRM_DEMO_TASKS must be >= 0 (0: do not seed demo data).")
 

@@ -186,9 +186,9 @@ def _load_split() -> None:
     import trainer.data  # noqa: F401
 
 
-def _queue_default_run(session: Session, *, trigger: str) -> TrainingRun:
+def _queue_default_run(session: Session, *, trigger: str, params: dict | None = None) -> TrainingRun:
     """Queue a run with the default parameters (always valid: no need to load the pipeline to check them)."""
-    run = TrainingRun(status="queued", trigger=trigger, params={})
+    run = TrainingRun(status="queued", trigger=trigger, params=params or {})
     session.add(run)
     session.flush()
     return run
@@ -226,7 +226,18 @@ def first_run_due(session: Session) -> bool:
     return session.scalar(select(Task.id).where(Task.origin == DEMO_ORIGIN).limit(1)) is not None
 
 
-def enqueue_first_run(session: Session) -> TrainingRun | None:
-    """On a fresh install (`first_run_due`) queue the "first_run" run with the default parameters."""
+def first_run_params(max_steps: int) -> dict:
+    """The first run's parameters: the defaults, capped at `max_steps` optimizer steps (0: no cap)."""
+    return {"max_steps": max_steps} if max_steps > 0 else {}
+
+
+def enqueue_first_run(session: Session, *, max_steps: int = 0) -> TrainingRun | None:
+    """On a fresh install (`first_run_due`) queue the "first_run" run: the defaults, capped at `max_steps` steps.
+
+    The cap (`JRM_FIRST_RUN_MAX_STEPS`) exists so a fresh install has a scorer within minutes; the threshold and
+    scheduled runs that follow train with the full defaults.
+    """
     _lock_queue(session)
-    return _queue_default_run(session, trigger="first_run") if first_run_due(session) else None
+    if not first_run_due(session):
+        return None
+    return _queue_default_run(session, trigger="first_run", params=first_run_params(max_steps))

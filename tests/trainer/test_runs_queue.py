@@ -188,10 +188,15 @@ def test_first_run_only_on_a_fresh_install_with_demo_data(session):
     add_votes(session, split=TRAIN, votes=3)
     assert runs_queue.enqueue_first_run(session) is None  # no demo data: an operator's own store
     add_votes(session, split=TRAIN, votes=3, origin="demo")
-    run = runs_queue.enqueue_first_run(session)
-    assert (run.trigger, run.params) == ("first_run", {})
+    run = runs_queue.enqueue_first_run(session, max_steps=150)
+    assert (run.trigger, run.params) == ("first_run", {"max_steps": 150})  # capped: a scorer within minutes
     runs_queue.cancel_run(session, run_id=run.id)
     assert runs_queue.enqueue_first_run(session) is None  # a run happened once: never again
+
+
+def test_first_run_params_without_a_cap_are_the_defaults():
+    assert runs_queue.first_run_params(0) == {}
+    assert runs_queue.first_run_params(40) == {"max_steps": 40}
 
 
 def test_no_first_run_when_a_version_is_active(session):

@@ -77,7 +77,8 @@ class Worker:
         with self.reader() as session:  # checked first without the pipeline's slow import or the write lock
             due = runs_queue.first_run_due(session)
         if due:
-            self._enqueue("first_run", runs_queue.enqueue_first_run)
+            max_steps = self.settings.first_run_max_steps
+            self._enqueue("first_run", lambda session: runs_queue.enqueue_first_run(session, max_steps=max_steps))
 
     def check_threshold(self) -> None:
         """Queue a "threshold" run when enough new training votes arrived."""
