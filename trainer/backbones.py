@@ -242,12 +242,12 @@ def train_tiny_tokenizer(seed: int = TINY_SEED, vocab_size: int = TINY_VOCAB_SIZ
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _tiny_text_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+def _tiny_text_config(tokenizer: PreTrainedTokenizerFast, layers: int = 2) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,
         intermediate_size=256,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=2048,
@@ -258,22 +258,33 @@ def _tiny_text_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
     )
 
 
-def build_tiny_llava(seed: int = TINY_SEED) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """A random-init LLaVA (CLIP vision 112 px / patch 16 + 2-layer Llama) and its processor."""
+def build_tiny_llava(
+    seed: int = TINY_SEED,
+    *,
+    image_size: int = 112,
+    patch_size: int = 16,
+    vision_layers: int = 2,
+    text_layers: int = 2,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A random-init LLaVA (CLIP vision 112 px / patch 16 + 2-layer Llama) and its processor.
+
+    The keywords build variants of the preset for experiments (bench/learnability.py); the `tiny` preset itself
+    is always built with the defaults.
+    """
     tokenizer = train_tiny_tokenizer(seed)
     vision = CLIPVisionConfig(
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
+        num_hidden_layers=vision_layers,
         num_attention_heads=4,
-        image_size=112,
-        patch_size=16,
+        image_size=image_size,
+        patch_size=patch_size,
         projection_dim=64,
     )
     # vision_feature_layer=-1: the last vision layer is used (with -2 it would hold weights that never train).
     config = LlavaConfig(
         vision_config=vision,
-        text_config=_tiny_text_config(tokenizer),
+        text_config=_tiny_text_config(tokenizer, text_layers),
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
@@ -281,11 +292,13 @@ def build_tiny_llava(seed: int = TINY_SEED) -> tuple[LlavaForConditionalGenerati
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 112}, crop_size={"height": 112, "width": 112})
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=16,
+        patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         chat_template=TINY_CHAT_TEMPLATE,
