@@ -190,6 +190,7 @@ class EvalRow:
     accuracy: float
     ci95: tuple[float, float] | None
     pref: float | None  # mean train pref loss since the previous row (None before training)
+    effective_rank: float  # of the held-out score-position features
     train_s: float  # training wall time so far, evaluations excluded
     eval_s: float  # this evaluation's wall time
 
@@ -209,10 +210,22 @@ class Evaluator:
         )
         seconds = time.perf_counter() - started
         accuracy = report["pairwise_accuracy"]
-        row = EvalRow(step, accuracy["value"], accuracy["ci95"], pref, elapsed_s - self.eval_total_s, seconds)
+        row = EvalRow(
+            step,
+            accuracy["value"],
+            accuracy["ci95"],
+            pref,
+            report["effective_rank"],
+            elapsed_s - self.eval_total_s,
+            seconds,
+        )
         self.eval_total_s += seconds
         self.rows.append(row)
-        print(f"  step {step}: held-out {row.accuracy:.3f}, pref {_fmt(pref)}, train {row.train_s:.0f} s", flush=True)
+        print(
+            f"  step {step}: held-out {row.accuracy:.3f}, pref {_fmt(pref)}, eff. rank {row.effective_rank:.1f}, "
+            f"train {row.train_s:.0f} s",
+            flush=True,
+        )
         return row
 
     def __call__(self, event: ProgressEvent) -> None:
@@ -324,10 +337,10 @@ def main(argv: list[str] | None = None) -> None:
         for row in rows:
             body.append(
                 [mode, votes, str(row.step), _fmt(row.accuracy), _ci(row.ci95), _fmt(row.pref)]
-                + [f"{row.train_s:.0f}", f"{row.eval_s:.0f}"]
+                + [f"{row.effective_rank:.1f}", f"{row.train_s:.0f}", f"{row.eval_s:.0f}"]
             )
     header = ["labels", "train votes / held-out strict", "step", "held-out pairwise acc.", "95 % CI (tasks)"]
-    header += ["train pref (mean since last row)", "train s", "eval s"]
+    header += ["train pref (mean since last row)", "eff. rank", "train s", "eval s"]
     print()
     print(table(header, body))
     print()
