@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.auth import is_loopback, login_checker
+from app.auth import is_loopback
 from app.deps import Deps
 from storage.db import make_engine, session_factory, upgrade
 from storage.demo import ensure_demo_data
@@ -25,7 +25,6 @@ from storage.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("app")
 
-CONCURRENCY = 8  # events served at once; CPU-heavy ones are capped lower in app.ui
 LOGIN_HINT = "JRM_USER_PASSWORD=… python -m storage users add NAME --role admin"
 
 
@@ -89,21 +88,17 @@ def start_scoring(factory: sessionmaker[Session], settings: Settings) -> Any:
 
 def serve(deps: Deps) -> None:
     """Build the page and serve it until interrupted."""
-    from app.ui import CSS, KEYBOARD_HEAD, build_ui
+    from app.serving import build_app, launch_options
+    from app.ui import CSS, KEYBOARD_HEAD
 
     settings = deps.settings
-    blocks = build_ui(deps).queue(default_concurrency_limit=CONCURRENCY)
-    blocks.launch(
+    build_app(deps).launch(
         server_name=settings.host,
         server_port=settings.port,
-        auth=login_checker(deps.factory) if settings.auth else None,
-        auth_message="Log in with your JRM Studio account." if settings.auth else None,
-        allowed_paths=[str(settings.blob_dir.resolve()), str((settings.data_dir / "exports").resolve())],
-        max_file_size=settings.max_upload_bytes,
         head=KEYBOARD_HEAD,
         css=CSS,
         footer_links=["api"],
-        show_error=True,
+        **launch_options(deps),
     )
 
 

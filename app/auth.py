@@ -49,18 +49,30 @@ def _as_current(user: User) -> CurrentUser:
     return CurrentUser(id=user.id, name=user.name, role=user.role)
 
 
-def current_user(deps: Deps, request: gr.Request | None) -> CurrentUser:
-    """The logged-in user (auth on) or the local admin (auth off); `gr.Error` for an unknown or inactive one."""
+def current_user(deps: Deps, request: gr.Request | None, session: Session | None = None) -> CurrentUser:
+    """The logged-in user (auth on) or the local admin (auth off); `gr.Error` for an unknown or inactive one.
+
+    Pass the handler's `session` to read the user in the same transaction as the handler's own work (one
+    transaction per call instead of two); without it the user is read in a read-only session. With auth off the
+    local admin is read (or created) in a short transaction of its own, so call this before `session` has run
+    a statement (on SQLite it then holds no lock yet).
+    """
     if not deps.settings.auth:
         return local_user(deps.factory)
     name = getattr(request, "username", None) if request is not None else None
     if not name:
         raise error("Log in first: this server needs a user name and password.")
-    with deps.factory() as session:
-        user = get_user_by_name(session, name=name)
-        if user is None or not user.active:
-            raise error(f"The account {name!r} is deactivated or no longer exists; ask an admin.")
-        return _as_current(user)
+    if session is not None:
+        return _active_user(session, name)
+    with deps.reader() as reader:  # on SQLite a reader never waits for (or holds) the write lock
+        return _active_user(reader, name)
+
+
+def _active_user(session: Session, name: str) -> CurrentUser:
+    user = get_user_by_name(session, name=name)
+    if user is None or not user.active:
+        raise error(f"The account {name!r} is deactivated or no longer exists; ask an admin.")
+    return _as_current(user)
 
 
 def local_user(factory: sessionmaker[Session]) -> CurrentUser:

@@ -1,14 +1,17 @@
 """The Gradio page: layout and wiring only. Handlers live in `app.handlers` and get `deps` bound here.
 
-Endpoints carry `api_name`s so `gradio_client` can call them; every research and admin endpoint checks the
-caller's role itself, so calling them directly grants nothing the page does not.
+Every event carries a deliberate `api_name`: the API ones are public so `gradio_client` can call them, the
+browser-only ones (vote buttons, form reset, score reveal, page load) are private. Every research and admin
+endpoint checks the caller's role itself, so calling them directly grants nothing the page does not.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -51,6 +54,7 @@ CSS = """
 .jrm-progress-fill { height: 100%; border-radius: 4px; background: #3b82f6; transition: width 0.5s; }
 .jrm-progress-label { position: absolute; inset: 0; text-align: center; font-size: 12px; line-height: 18px; }
 """
+CLEAR_FORM_JS = f"() => {json.dumps(annotate.EMPTY_FORM)}"  # after a vote, in the browser: no server call
 SHORTCUTS = ("Keys: **1** or **←** left · **2** or **→** right · **3** or **t** tie · **4** or **b** both bad · "
              "**s** skip")
 
@@ -66,6 +70,25 @@ def bind(handler: Callable[..., Any], deps: Deps) -> Callable[..., Any]:
     bound.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
     bound.__annotations__ = {k: v for k, v in handler.__annotations__.items() if k != "deps"}
     return bound
+
+
+def as_sent(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """An annotate `handler` whose pair images come back as the file payloads Gradio sends.
+
+    Its events then run with `postprocess=False`: Gradio's postprocessing would build the same payloads from the
+    paths with a worker-thread hop per output, checking every image twice.
+    """
+
+    @functools.wraps(handler)
+    def sent(*args: Any, **kwargs: Any) -> Any:
+        view = handler(*args, **kwargs)
+        return view._replace(source=_file(view.source), left=_file(view.left), right=_file(view.right))
+
+    return sent
+
+
+def _file(path: str | None) -> dict[str, Any] | None:
+    return None if path is None else gr.FileData(path=path, orig_name=Path(path).name).model_dump()
 
 
 def build_ui(deps: Deps) -> gr.Blocks:
@@ -120,18 +143,22 @@ def _annotate_tab(deps: Deps, blocks: gr.Blocks) -> None:
     api_choice, api_trigger = gr.Radio(list(annotate.CHOICE_LABELS.values()), visible=False), gr.Button(visible=False)
     votes = [(button, button, "private", f"vote_{choice}") for button, choice in zip(
         buttons, annotate.CHOICE_LABELS.values(), strict=True)]
+    # These handlers return what Gradio sends (`as_sent`), so their events skip Gradio's postprocessing.
+    submit, load, give_back = (bind(as_sent(h), deps) for h in (annotate.submit_vote, annotate.load_pair,
+                                                                annotate.skip_pair))
     for trigger, choice, visibility, api_name in [*votes, (api_trigger, api_choice, "public", "submit_vote")]:
         event = trigger.click(
-            bind(annotate.submit_vote, deps), inputs=[shown, choice, *form], outputs=[*pair_outputs, cast, status],
-            api_name=api_name, api_visibility=visibility,
+            submit, inputs=[shown, choice, *form], outputs=[*pair_outputs, cast, status], api_name=api_name,
+            api_visibility=visibility, postprocess=False,
         )
-        event.success(annotate.clear_form, outputs=form, api_visibility="private").then(
-            bind(annotate.reveal_scores, deps), inputs=[cast], outputs=[reveal], api_visibility="private",
-            concurrency_id=HEAVY, concurrency_limit=HEAVY_LIMIT,
+        event.success(None, outputs=form, js=CLEAR_FORM_JS, api_name=f"clear_form_{api_name}",
+                      api_visibility="private").then(
+            bind(annotate.reveal_scores, deps), inputs=[cast], outputs=[reveal], api_name=f"reveal_{api_name}",
+            api_visibility="private", concurrency_id=HEAVY, concurrency_limit=HEAVY_LIMIT,
         )
-    skip.click(bind(annotate.skip_pair, deps), inputs=[shown], outputs=pair_outputs, api_name="skip_pair")
-    refresh.click(bind(annotate.load_pair, deps), outputs=pair_outputs, api_name="next_pair")
-    blocks.load(bind(annotate.load_pair, deps), outputs=pair_outputs, api_visibility="private")
+    skip.click(give_back, inputs=[shown], outputs=pair_outputs, api_name="skip_pair", postprocess=False)
+    refresh.click(load, outputs=pair_outputs, api_name="next_pair", postprocess=False)
+    blocks.load(load, outputs=pair_outputs, api_name="load_pair", api_visibility="private", postprocess=False)
 
 
 def _score_tab(deps: Deps) -> None:

@@ -1,22 +1,31 @@
 """Load test of the running app: simulated annotators drive the annotate endpoints through `gradio_client`.
 
-    python bench/app_load.py --backends sqlite,postgresql --annotators 1,16 --seconds 30
+    python bench/app_load.py --backends sqlite,postgresql --annotators 1,16 --think-ms 0,3000 --seconds 30
+    python bench/app_load.py --annotators 16 --think-ms 0,3000 --baseline /tmp/app-base --rounds 3
 
-Per backend: a fresh store (a temporary SQLite file, or a new PostgreSQL schema) gets `--tasks` tasks of
-`CANDIDATES` candidates each (no votes yet) and one password user per annotator; `python -m app --auth --no-worker`
-starts on a free loopback port in a subprocess; every annotator logs in with its own `gradio_client` session and
-loops "next pair → submit vote" for `--seconds`. Every `--double-every`-th vote is sent twice at once in the same
-session (a double click). `--think-ms` adds a pause before each vote (0, the default, is a stress test: votes
-back to back). Then the app is stopped and the store checked: each annotator's stored votes must
+Per run: a fresh store (a temporary SQLite file, or a new PostgreSQL schema) gets `--tasks` tasks of `CANDIDATES`
+candidates each (no votes yet) and one password user per annotator; `python -m app --auth --no-worker` starts on a
+free loopback port in a subprocess; every annotator logs in with its own `gradio_client` session and loops
+"next pair → submit vote" for `--seconds`. Every `--double-every`-th vote is sent twice at once in the same
+session (a double click). `--think-ms` is the mean of an exponential pause between seeing a pair and voting
+(0: votes back to back, a closed-loop stress test; `annotate` says how runs with pauses start and end); a
+comma-separated list runs each. Then the app is stopped and the store checked: each annotator's stored votes must
 equal the votes the app answered "Vote saved." to (0 lost, 0 extra), and no `client_submission_id` and no
 (pair, annotator) may appear twice. Each annotator logs in and loads a first pair before the clock starts (the
-page load; untimed). Latency is per call as the client sees it (queue join + result stream),
-images not downloaded. Exit status 1 when a check fails.
+page load; untimed). Latency is per call as the client sees it (queue join + result stream), images not
+downloaded; `gradio_client` looks for a call's result every 50 ms, so each includes up to 50 ms of that polling
+(≈ 55 ms at one annotator). The app's CPU time (from /proc) over the timed window is reported per call, with its
+idle CPU (measured for `IDLE_S` before the clock starts) and the load average.
+
+`--baseline DIR` serves another checkout (e.g. `git worktree add /tmp/app-base HEAD`) with the same bench, store
+layout and client, alternating with this one run by run (`--rounds` of each, order swapped every round), and
+prints the ratios this / baseline. Exit status 1 when a check fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import random
@@ -53,6 +62,9 @@ CANDIDATES = 6  # per task → 15 pairs
 CHOICES = ("left", "right", "tie", "both_bad")
 PASSWORD = "bench-password-1"  # noqa: S105 - throwaway users of a throwaway store
 SAVED, ALREADY = "Vote saved.", "already saved"
+VOTE_ENDPOINT = "/submit_vote"
+DOUBLE = "submit_vote ×2 at once"  # the latency name of a double submission (two calls)
+IDLE_S = 3.0  # the app's idle CPU is measured for this long before the clock starts
 START_TIMEOUT_S = 600
 CALL_TIMEOUT_S = 120.0
 
@@ -182,8 +194,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_app(store: Store, data_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
-    """`python -m app` on loopback with log-in on, no worker, no demo data; returns once it answers HTTP."""
+def start_app(store: Store, data_dir: Path, port: int, log_path: Path, app_root: Path = REPO) -> subprocess.Popen:
+    """`python -m app` of the checkout `app_root` on loopback with log-in on, no worker, no demo data; returns
+    once it answers HTTP."""
     env = {
         **os.environ,
         "JRM_DATA_DIR": str(data_dir),
@@ -206,7 +219,7 @@ def start_app(store: Store, data_dir: Path, port: int, log_path: Path) -> subpro
         store.url,
     ]
     log = log_path.open("wb")
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, cwd=app_root, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -231,6 +244,18 @@ def stop_app(process: subprocess.Popen) -> None:
 
 def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU time of this process (every annotator thread and its `gradio_client`)."""
+    times = os.times()
+    return times.user + times.system
 
 
 # --- the annotators --------------------------------------------------------------------------------------------
@@ -258,20 +283,6 @@ def connect(annotator: Annotator, url: str, attempts: int = 3) -> None:
             time.sleep(2)
 
 
-def vote_endpoint(client: Client) -> str:
-    """The public vote endpoint: `/submit_vote`, or the one numbered variant Gradio made public."""
-    names = [
-        n
-        for n in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-        if n == "/submit_vote" or n.startswith("/submit_vote_")
-    ]
-    if "/submit_vote" in names:
-        return "/submit_vote"
-    if len(names) != 1:
-        raise RuntimeError(f"cannot tell the public vote endpoint among {names}")
-    return names[0]
-
-
 def _timed(annotator: Annotator, name: str, call):
     started = time.perf_counter()
     result = call()
@@ -291,17 +302,21 @@ def _count(annotator: Annotator, outcome) -> bool:
     return outcome[1] is not None  # the source image of the next pair
 
 
-def _send_twice(client: Client, endpoint: str, vote: tuple) -> list:
+def _send_twice(client: Client, vote: tuple) -> list:
     """The same vote sent twice at once in one session, like a double click."""
-    jobs = [client.submit(*vote, api_name=endpoint) for _ in range(2)]
+    jobs = [client.submit(*vote, api_name=VOTE_ENDPOINT) for _ in range(2)]
     return [job.result() for job in jobs]
 
 
-def annotate(
-    annotator: Annotator, endpoint: str, deadline: float, double_every: int, think_s: float, seed: int
-) -> None:
-    """next_pair → (think) → submit_vote until the deadline (or until no pair is left for this annotator)."""
+def annotate(annotator: Annotator, deadline: float, double_every: int, think_s: float, seed: int) -> None:
+    """next_pair → (think) → submit_vote until the deadline (or until no pair is left for this annotator).
+
+    With a think time the annotators start at random moments within the first mean pause rather than all at once,
+    and one whose pause would end after the deadline stops there: no burst of votes at either end of the run.
+    """
     rng, client, sent = random.Random(seed), annotator.client, 0
+    if think_s > 0:
+        time.sleep(rng.uniform(0, think_s))
     while time.monotonic() < deadline:
         try:
             view = _timed(annotator, "next_pair", lambda: client.predict(api_name="/next_pair"))
@@ -312,16 +327,19 @@ def annotate(
             annotator.out_of_pairs = True
             return
         if think_s > 0:
-            time.sleep(min(rng.expovariate(1 / think_s), max(0.0, deadline - time.monotonic())))
+            pause = rng.expovariate(1 / think_s)
+            if time.monotonic() + pause >= deadline:
+                return
+            time.sleep(pause)
         sent += 1
         vote = (rng.choice(CHOICES), rng.choice(["", "kept the background", "ignored the colour"]), False, 0, 0, 0)
         double = double_every > 0 and sent % double_every == 0
         try:
             if double:
                 annotator.doubles += 1
-                outcomes = _timed(annotator, "submit_vote ×2 at once", lambda v=vote: _send_twice(client, endpoint, v))
+                outcomes = _timed(annotator, DOUBLE, lambda v=vote: _send_twice(client, v))
             else:
-                outcome = _timed(annotator, "submit_vote", lambda v=vote: client.predict(*v, api_name=endpoint))
+                outcome = _timed(annotator, "submit_vote", lambda v=vote: client.predict(*v, api_name=VOTE_ENDPOINT))
                 outcomes = [outcome]
         except Exception as exc:  # noqa: BLE001
             annotator.uncertain += 2 if double else 1
@@ -332,38 +350,77 @@ def annotate(
             return
 
 
-# --- one backend -----------------------------------------------------------------------------------------------
+# --- one run ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    backend: str
+    annotators: int
+    think_ms: float
 
 
 @dataclass
 class Result:
-    backend: str
-    think_ms: float
+    app: str  # "this" (the checkout the bench is in) or "baseline"
+    case: Case
     seconds: float
     annotators: list[Annotator]
     check: dict[str, int]
+    server_cpu_s: float  # the app process's CPU time over the timed window
+    idle_cores: float  # the app's CPU use while no request is in flight, in cores
+    client_cpu_s: float  # this process's CPU time over the timed window (every annotator and its client)
+    load: tuple[float, float]  # 1-minute load average at the start and at the end of the timed window
+
+    @property
+    def latencies(self) -> dict[str, list[float]]:
+        merged: dict[str, list[float]] = {}
+        for annotator in self.annotators:
+            for name, values in annotator.latencies.items():
+                merged.setdefault(name, []).extend(values)
+        return merged
+
+    @property
+    def calls(self) -> int:  # a double submission is two calls
+        return sum(len(v) * (2 if name == DOUBLE else 1) for name, v in self.latencies.items())
+
+    def p(self, name: str, q: float) -> float:
+        """Latency percentile `q` of the calls called `name`, in ms (nan when there were none)."""
+        values = self.latencies.get(name)
+        return percentile([v * 1000 for v in values], q) if values else float("nan")
+
+    @property
+    def worst_p95(self) -> float:
+        return max(self.p(name, 95) for name in self.latencies)
+
+    @property
+    def intact(self) -> bool:
+        return not any(self.check[key] for key in ("lost", "extra", "duplicate_submission_ids", "duplicate_pair_votes"))
 
 
-def run_backend(backend: str, n_annotators: int, args: argparse.Namespace) -> Result:
-    folder = Path(tempfile.mkdtemp(prefix=f"jrm-app-load-{backend}-"))
+def run_case(app: str, app_root: Path, case: Case, args: argparse.Namespace) -> Result:
+    folder = Path(tempfile.mkdtemp(prefix=f"jrm-app-load-{case.backend}-"))
     data_dir = folder / "data"
-    store = Store(backend, folder, args.postgres_url)
-    names = [f"bench-annotator-{i:02d}" for i in range(n_annotators)]
+    store = Store(case.backend, folder, args.postgres_url)
+    names = [f"bench-annotator-{i:02d}" for i in range(case.annotators)]
     process = None
     try:
         seed(store, data_dir, tasks=args.tasks, annotators=names)
         port = free_port()
-        process = start_app(store, data_dir, port, folder / "app.log")
+        process = start_app(store, data_dir, port, folder / "app.log", app_root)
         annotators = [Annotator(name) for name in names]
         url = f"http://127.0.0.1:{port}/"
         for annotator in annotators:  # one at a time, before the clock starts: logins hash passwords (scrypt)
             connect(annotator, url)
             annotator.client.predict(api_name="/next_pair")  # warm-up, like the page load: reserves a first pair
-        endpoint = vote_endpoint(annotators[0].client)
+        idle_from = cpu_seconds(process.pid)
+        time.sleep(IDLE_S)
+        idle_cores = (cpu_seconds(process.pid) - idle_from) / IDLE_S
+        load_start, server_from, client_from = os.getloadavg()[0], cpu_seconds(process.pid), own_cpu_seconds()
         started = time.monotonic()
         threads = [
             threading.Thread(
-                target=annotate, args=(a, endpoint, started + args.seconds, args.double_every, args.think_ms / 1000, i)
+                target=annotate, args=(a, started + args.seconds, args.double_every, case.think_ms / 1000, i)
             )
             for i, a in enumerate(annotators)
         ]
@@ -372,11 +429,14 @@ def run_backend(backend: str, n_annotators: int, args: argparse.Namespace) -> Re
         for thread in threads:
             thread.join()
         elapsed = time.monotonic() - started
+        server_cpu, client_cpu = cpu_seconds(process.pid) - server_from, own_cpu_seconds() - client_from
+        load = (load_start, os.getloadavg()[0])
         for annotator in annotators:
             annotator.client.close()
         stop_app(process)
         process = None
-        return Result(backend, args.think_ms, elapsed, annotators, check_store(store, annotators))
+        check = check_store(store, annotators)
+        return Result(app, case, elapsed, annotators, check, server_cpu, idle_cores, client_cpu, load)
     finally:
         if process is not None:
             stop_app(process)
@@ -393,20 +453,19 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def report(result: Result, target_p95_ms: float) -> bool:
-    """Print the backend's tables; True when every check passed (latency target included)."""
-    merged: dict[str, list[float]] = {}
-    for annotator in result.annotators:
-        for name, values in annotator.latencies.items():
-            merged.setdefault(name, []).extend(values)
-    calls = sum(len(v) for v in merged.values())
+    """Print one run's tables; True when its checks passed (the latency target is reported, not required)."""
+    case, calls = result.case, result.calls
     print(
-        f"\n{result.backend}: {len(result.annotators)} annotators (think {result.think_ms:g} ms), "
-        f"{result.seconds:.1f} s, {calls} calls, "
-        f"{calls / result.seconds:.1f} calls/s, {result.check['stored'] / result.seconds:.1f} votes stored/s\n"
+        f"\n{result.app} · {case.backend}: {case.annotators} annotators (think {case.think_ms:g} ms), "
+        f"{result.seconds:.1f} s, {calls} calls, {calls / result.seconds:.1f} calls/s, "
+        f"{result.check['stored'] / result.seconds:.1f} votes stored/s · app CPU "
+        f"{_per_call(result.server_cpu_s, calls)} ms/call ({result.server_cpu_s / result.seconds:.2f} cores; idle "
+        f"{result.idle_cores:.2f}) · client CPU {_per_call(result.client_cpu_s, calls)} ms/call · load average "
+        f"{result.load[0]:.1f} → {result.load[1]:.1f}\n"
     )
     print("| call | n | p50 ms | p95 ms | p99 ms | max ms |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, values in merged.items():
+    for name, values in result.latencies.items():
         ms = [v * 1000 for v in values]
         print(
             f"| {name} | {len(ms)} | {statistics.median(ms):.0f} | {percentile(ms, 95):.0f} | "
@@ -432,13 +491,63 @@ def report(result: Result, target_p95_ms: float) -> bool:
     )
     for message, count in errors.most_common(5):
         print(f"  error ×{count}: {message}")
-    p95 = max(percentile([v * 1000 for v in values], 95) for values in merged.values())
-    intact = check["lost"] == check["extra"] == check["duplicate_submission_ids"] == check["duplicate_pair_votes"] == 0
+    p95 = result.worst_p95
     print(
-        f"integrity {'OK' if intact else 'FAILED'} · worst p95 {p95:.0f} ms "
+        f"integrity {'OK' if result.intact else 'FAILED'} · worst p95 {p95:.0f} ms "
         f"({'meets' if p95 < target_p95_ms else 'misses'} the {target_p95_ms:.0f} ms target)"
     )
-    return intact and not errors
+    return result.intact and not errors
+
+
+def _ms(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.0f}"
+
+
+def _per_call(seconds: float, calls: int) -> str:
+    return f"{1000 * seconds / calls:.1f}" if calls else "–"
+
+
+def summary(results: list[Result]) -> None:
+    """One row per run, in the order run."""
+    print(
+        "\n| app | backend | annotators | think ms | calls/s | votes stored/s | next_pair p50 / p95 ms | "
+        "submit_vote p50 / p95 ms | ×2 at once p95 ms | app CPU ms/call | app cores (idle) | client CPU ms/call | "
+        "load avg | lost / extra / dup |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        c, dup = r.check, r.check["duplicate_submission_ids"] + r.check["duplicate_pair_votes"]
+        print(
+            f"| {r.app} | {r.case.backend} | {r.case.annotators} | {r.case.think_ms:g} | {r.calls / r.seconds:.1f} | "
+            f"{c['stored'] / r.seconds:.1f} | {r.p('next_pair', 50):.0f} / {r.p('next_pair', 95):.0f} | "
+            f"{r.p('submit_vote', 50):.0f} / {r.p('submit_vote', 95):.0f} | {_ms(r.p(DOUBLE, 95))} | "
+            f"{_per_call(r.server_cpu_s, r.calls)} | "
+            f"{r.server_cpu_s / r.seconds:.2f} ({r.idle_cores:.2f}) | {_per_call(r.client_cpu_s, r.calls)} | "
+            f"{r.load[0]:.1f}–{r.load[1]:.1f} | {c['lost']} / {c['extra']} / {dup} |"
+        )
+
+
+RATIOS = {  # column → value of one run; the table shows each app's median over its rounds
+    "calls/s": lambda r: r.calls / r.seconds,
+    "next_pair p95 ms": lambda r: r.p("next_pair", 95),
+    "submit_vote p95 ms": lambda r: r.p("submit_vote", 95),
+    "app CPU ms/call": lambda r: 1000 * r.server_cpu_s / max(r.calls, 1),
+}
+
+
+def ratios(results: list[Result]) -> None:
+    """Per case: this checkout's and the baseline's medians over their rounds, and this / baseline."""
+    print("\n| backend | annotators | think ms | rounds | " + " | ".join(
+        f"{name}: this / baseline (ratio)" for name in RATIOS) + " |")
+    print("|---|---:|---:|---:|" + "---:|" * len(RATIOS))
+    for case in dict.fromkeys(r.case for r in results):
+        runs = {app: [r for r in results if r.case == case and r.app == app] for app in ("this", "baseline")}
+        cells = []
+        for value in RATIOS.values():
+            this, base = (statistics.median(value(r) for r in runs[app]) for app in ("this", "baseline"))
+            cells.append(f"{this:.1f} / {base:.1f} ({this / base:.2f}×)")
+        print(f"| {case.backend} | {case.annotators} | {case.think_ms:g} | {len(runs['this'])} | "
+              + " | ".join(cells) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -451,20 +560,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--double-every", type=int, default=10, help="send every Nth vote twice at once (0: never)")
     parser.add_argument(
         "--think-ms",
-        type=float,
-        default=0.0,
-        help="mean pause (exponential) between seeing a pair and voting; 0: back to back (stress)",
+        default="0",
+        help="comma-separated means of the exponential pause between seeing a pair and voting, each a run of its "
+        "own; 0: back to back (stress)",
     )
+    parser.add_argument("--baseline", type=Path, help="another checkout whose app runs alternately with this one")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each case (of each app with --baseline)")
     parser.add_argument("--target-p95-ms", type=float, default=300.0)
     args = parser.parse_args(argv)
+    apps = [("this", REPO)] + ([("baseline", args.baseline.resolve())] if args.baseline else [])
     print(
         f"{platform.platform()} · Python {platform.python_version()} · {os.cpu_count()} CPUs · "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"load average {os.getloadavg()[0]:.1f} · apps: " + ", ".join(f"{name} = {root}" for name, root in apps)
     )
-    passed = True
-    for backend in args.backends.split(","):
-        for n_annotators in [int(n) for n in args.annotators.split(",")]:
-            passed &= report(run_backend(backend.strip(), n_annotators, args), args.target_p95_ms)
+    cases = [
+        Case(backend.strip(), int(n), float(think))
+        for backend in args.backends.split(",")
+        for n in args.annotators.split(",")
+        for think in args.think_ms.split(",")
+    ]
+    passed, results = True, []
+    for case in cases:
+        for round_ in range(args.rounds):
+            for app, root in apps if round_ % 2 == 0 else apps[::-1]:  # ABBA: drift in the load falls on both
+                result = run_case(app, root, case, args)
+                passed &= report(result, args.target_p95_ms)
+                results.append(result)
+    summary(results)
+    if args.baseline:
+        ratios(results)
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
     return 0 if passed else 1
 

@@ -6,16 +6,38 @@ raises `gr.Error` with a message that says what to change; nothing is half-writt
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.deps import Deps
 from app.render import error
+from storage.db import transaction
 from storage.errors import InvalidInput
 from storage.images import image_path
 from storage.models import Image
 from storage.settings import Settings
+
+
+# One per process: SQLite has one write lock per database file, and this app serves one store.
+_SQLITE_TURNS = threading.Lock()
+
+
+@contextmanager
+def annotate_transaction(deps: Deps) -> Iterator[Session]:
+    """`transaction(deps.factory)` for the annotate handlers; on SQLite they take turns in this process.
+
+    Every SQLite transaction takes the one write lock (BEGIN IMMEDIATE), and one that finds it taken polls for it
+    in growing sleeps (1, 2, 5 … 100 ms) with no queue, so under many concurrent annotators a waiter can lose the
+    race again and again (p99 1.3 s at 16 back-to-back annotators). Waiting here instead, each starts as soon as
+    the previous one ends (p99 0.3 s; docs/app-performance.md).
+    """
+    turns = _SQLITE_TURNS if deps.factory.kw["bind"].dialect.name == "sqlite" else nullcontext()
+    with turns, transaction(deps.factory) as session:
+        yield session
 
 
 @contextmanager
@@ -27,9 +49,10 @@ def user_errors() -> Iterator[None]:
         raise error(str(exc)) from None
 
 
-def image_file(session: Session, settings: Settings, image_id: int) -> str:
-    """The stored file of an image, for a `gr.Image(type="filepath")` output."""
-    image = session.get(Image, image_id)
-    if image is None:
-        raise error(f"image {image_id} is missing from the store.")
-    return str(image_path(settings, image))
+def image_files(session: Session, settings: Settings, *image_ids: int) -> list[str]:
+    """The stored files of images (one query), in the order asked, for `gr.Image(type="filepath")` outputs."""
+    images = {image.id: image for image in session.scalars(select(Image).where(Image.id.in_(set(image_ids))))}
+    missing = sorted(set(image_ids) - images.keys())
+    if missing:
+        raise error(f"image {missing[0]} is missing from the store.")
+    return [str(image_path(settings, images[image_id])) for image_id in image_ids]

@@ -19,10 +19,9 @@ from sqlalchemy.orm import Session
 
 from app.auth import CurrentUser, current_user
 from app.deps import Deps
-from app.handlers import image_file, user_errors
+from app.handlers import annotate_transaction, image_files, user_errors
 from app.render import error, text
 from app.scoring import NoScorerYet
-from storage.db import transaction
 from storage.errors import InvalidInput
 from storage.models import Vote
 from storage.repository import TIME_SPENT_MAX_MS, PairToShow, next_pair, record_vote, skip_assignment
@@ -33,6 +32,8 @@ CHOICE_LABELS = {"Left is better": "left", "Right is better": "right", "Tie": "t
 # Per-dimension comparison of the two edits as shown: -2 left much better … 0 same … +2 right much better.
 DIMENSIONS = {"instruction_following": "Instruction following", "quality": "Image quality",
               "preservation": "Preservation of the rest"}
+# The form after a vote: empty rationale, dimensions not rated, sliders at 0 (the page resets it in the browser).
+EMPTY_FORM = ("", False, 0, 0, 0)
 NO_PAIR_HTML = '<div class="jrm-instruction jrm-empty">No pairs are left for you to annotate. Thank you!</div>'
 
 
@@ -97,14 +98,8 @@ def _view(session: Session, settings: Settings, pair: PairToShow | None, votes_d
         shown_at=time.time(),
     )
     instruction = f'<div class="jrm-instruction"><b>Instruction:</b> {text(pair.instruction)}</div>'
-    return PairView(
-        shown,
-        instruction,
-        image_file(session, settings, pair.source_image_id),
-        image_file(session, settings, pair.left_image_id),
-        image_file(session, settings, pair.right_image_id),
-        _progress(pair.votes_done),
-    )
+    source, left, right = image_files(session, settings, pair.source_image_id, pair.left_image_id, pair.right_image_id)
+    return PairView(shown, instruction, source, left, right, _progress(pair.votes_done))
 
 
 def _next_view(session: Session, settings: Settings, user: CurrentUser) -> PairView:
@@ -117,9 +112,8 @@ def _next_view(session: Session, settings: Settings, user: CurrentUser) -> PairV
 
 def load_pair(deps: Deps, request: gr.Request) -> PairView:
     """The pair this annotator should judge now (the one they hold, or a newly reserved one)."""
-    user = current_user(deps, request)
-    with user_errors(), transaction(deps.factory) as session:
-        return _next_view(session, deps.settings, user)
+    with user_errors(), annotate_transaction(deps) as session:
+        return _next_view(session, deps.settings, current_user(deps, request, session))
 
 
 def parse_choice(value: str) -> str:
@@ -164,13 +158,13 @@ def submit_vote(
     request: gr.Request,
 ) -> VoteOutcome:
     """Record the vote on the shown pair (once per submission id) and show the next pair at once."""
-    user = current_user(deps, request)
-    if shown is None:
-        raise error("No pair is shown: press “Next pair” to load one.")
-    code = parse_choice(choice)
-    note = check_rationale(rationale, deps.settings)
-    scores = dimension_scores(rate_dimensions, instruction_following, quality, preservation)
-    with user_errors(), transaction(deps.factory) as session:
+    with user_errors(), annotate_transaction(deps) as session:
+        user = current_user(deps, request, session)
+        if shown is None:
+            raise error("No pair is shown: press “Next pair” to load one.")
+        code = parse_choice(choice)
+        note = check_rationale(rationale, deps.settings)
+        scores = dimension_scores(rate_dimensions, instruction_following, quality, preservation)
         result = record_vote(
             session,
             task_id=shown.task_id,
@@ -193,8 +187,8 @@ def submit_vote(
 
 def skip_pair(deps: Deps, shown: ShownPair | None, request: gr.Request) -> PairView:
     """Give the shown pair back (it is not offered to this annotator again) and show the next one."""
-    user = current_user(deps, request)
-    with user_errors(), transaction(deps.factory) as session:
+    with user_errors(), annotate_transaction(deps) as session:
+        user = current_user(deps, request, session)
         if shown is not None:
             skip_assignment(session, assignment_id=shown.assignment_id, annotator_id=user.id)
         return _next_view(session, deps.settings, user)
@@ -226,8 +220,3 @@ def _agreement(choice: str, margin: float) -> str:
         return "the scorer sees no difference."
     agreed = (margin > 0) == (choice == "left")
     return "the scorer agrees with you." if agreed else "the scorer prefers the other edit."
-
-
-def clear_form() -> tuple[str, bool, float, float, float]:
-    """Empty rationale and neutral sliders for the next pair."""
-    return "", False, 0.0, 0.0, 0.0

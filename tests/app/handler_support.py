@@ -1,13 +1,18 @@
-"""Helpers for the handler tests: `Deps` on an app store, users with roles, and requests as Gradio sends them."""
+"""Helpers for the handler tests: `Deps` on an app store, users with roles, requests as Gradio sends them, and the
+app served in-process for `gradio_client` tests."""
 
 from __future__ import annotations
 
 import dataclasses
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import gradio as gr
 
 from app.deps import Deps
+from app.serving import build_app, launch_options
 from storage.db import transaction
 from storage.users import create_user
 
@@ -34,3 +39,18 @@ def add_users(store: AppStore, **roles: str) -> None:
 def as_user(name: str | None) -> gr.Request:
     """The request Gradio passes a handler for a logged-in `name` (None: no log-in)."""
     return gr.Request(username=name)
+
+
+@contextmanager
+def served_app(deps: Deps) -> Iterator[gr.Blocks]:
+    """The app as `python -m app` builds it (queue, files, log-in), served in this process on a free loopback port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    blocks = build_app(deps)
+    blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
+                  **launch_options(deps))
+    try:
+        yield blocks
+    finally:
+        blocks.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gradio as gr
@@ -164,6 +165,27 @@ def test_reveal_before_any_version_is_served_says_no_scorer_yet(app_store):
         assert "No scorer yet" in reveal_scores(deps, outcome.cast)
     finally:
         service.stop()
+
+
+def test_concurrent_annotators_each_have_every_vote_stored_once(app_store):
+    names = [f"ann{i}" for i in range(6)]
+    add_users(app_store, **dict.fromkeys(names, "annotator"))
+    deps = make_deps(app_store)
+
+    def annotate(name: str) -> list[str]:
+        statuses = []
+        for _ in range(4):
+            view = load_pair(deps, as_user(name))
+            statuses.append(submit_vote(deps, view.shown, "tie", "", *NO_DIMENSIONS, as_user(name)).status)
+        return statuses
+
+    with ThreadPoolExecutor(len(names)) as pool:  # SQLite: the handlers take turns at the write lock
+        answers = list(pool.map(annotate, names))
+    assert answers == [["Vote saved."] * 4] * len(names)
+    with deps.factory() as session:
+        counts = dict(session.execute(select(User.name, func.count(Vote.id)).join(Vote, Vote.annotator_id == User.id)
+                                      .where(User.name.in_(names)).group_by(User.name)).all())
+    assert counts == dict.fromkeys(names, 4)
 
 
 def test_without_auth_the_local_admin_votes(app_store):

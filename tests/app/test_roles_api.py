@@ -10,7 +10,6 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import socket  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
@@ -18,10 +17,8 @@ from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from app.auth import login_checker  # noqa: E402
-from app.ui import build_ui  # noqa: E402
 from storage.models import TrainingRun, User, Vote  # noqa: E402
-from tests.app.handler_support import PASSWORD, add_users, make_deps  # noqa: E402
+from tests.app.handler_support import PASSWORD, add_users, make_deps, served_app  # noqa: E402
 
 RESEARCH_ENDPOINTS = [
     ("/dataset_stats", {}),
@@ -41,25 +38,13 @@ ADMIN_ENDPOINTS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def served(app_store) -> Iterator[tuple[str, object]]:
     """The app on a free loopback port, auth on; (url, deps)."""
     add_users(app_store, ann="annotator", res="researcher", boss="admin")
     deps = make_deps(app_store)
-    blocks = build_ui(deps).queue(default_concurrency_limit=4)
-    blocks.launch(server_name="127.0.0.1", server_port=_free_port(), auth=login_checker(deps.factory),
-                  prevent_thread_lock=True, quiet=True, ssr_mode=False,
-                  allowed_paths=[str(deps.settings.blob_dir)])
-    try:
+    with served_app(deps) as blocks:
         yield blocks.local_url, deps
-    finally:
-        blocks.close()
 
 
 def _client(url: str, name: str) -> Client:

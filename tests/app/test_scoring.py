@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import threading
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import PIL.Image
 import pytest
+import torch
 from sqlalchemy import select
 
 from app.scoring import NoScorerYet, ScoredItem, ScoringService, load_for_serving
@@ -103,6 +105,15 @@ def test_no_active_version_raises_no_scorer_yet(factory, settings):
             service.score_upload(source=picture, instruction="make it red", edited=[picture])
     finally:
         service.stop()
+
+
+def test_the_service_sets_torch_threads_from_the_settings(factory, settings):
+    service = ScoringService(factory, dataclasses.replace(settings, torch_threads=2))
+    try:
+        assert torch.get_num_threads() == 2  # process-wide: the app's inference thread runs with it
+    finally:
+        service.stop()
+        torch.set_num_threads(1)  # what the test suite runs with
 
 
 # --- stamps, reference values, caches --------------------------------------------------------------------------

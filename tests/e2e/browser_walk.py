@@ -166,6 +166,7 @@ def vote_with_keys(page: Page, keys: list[str], rationale: str) -> None:
         page.locator("#progress").click()  # focus leaves the text box; shortcuts apply again
         page.keyboard.press(key)
         expect(page.locator("#progress")).to_contain_text(f"Your votes so far: {before + 1}", timeout=30_000)
+        expect(page.locator("#rationale textarea")).to_have_value("")  # the page empties the form after a vote
 
 
 def run_state(page: Page, run_id: int) -> tuple[str, int] | None:
