@@ -38,7 +38,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +47,9 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 import PIL.Image  # noqa: E402
 from gradio_client import Client  # noqa: E402
-from sqlalchemy import func, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
-from storage.db import make_engine, session_factory, transaction, upgrade  # noqa: E402
+from storage.db import create_scratch_schema, make_engine, session_factory, transaction, upgrade  # noqa: E402
 from storage.images import store_pil_image  # noqa: E402
 from storage.models import User, Vote  # noqa: E402
 from storage.repository import add_candidate, create_task  # noqa: E402
@@ -91,26 +89,19 @@ class Store:
     """A fresh store for one backend: a SQLite file in `folder`, or a new PostgreSQL schema (dropped by close)."""
 
     def __init__(self, backend: str, folder: Path, postgres_url: str) -> None:
-        self.backend, self._schema = backend, None
+        self.backend, self._drop_schema = backend, None
         if backend == "sqlite":
             self.url = f"sqlite:///{(folder / 'jrm.db').as_posix()}"
         else:
-            self._schema = f"bench_{uuid.uuid4().hex[:10]}"
-            self._admin = make_engine(postgres_url)
-            with self._admin.begin() as conn:
-                conn.execute(text(f'CREATE SCHEMA "{self._schema}"'))
-            url = make_url(postgres_url).update_query_dict({"options": f"-csearch_path={self._schema}"})
-            self.url = url.render_as_string(hide_password=False)
+            self.url, self._drop_schema = create_scratch_schema(postgres_url, prefix="bench")
         self.engine = make_engine(self.url)
         upgrade(self.engine)
         self.factory = session_factory(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
-        if self._schema is not None:
-            with self._admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{self._schema}" CASCADE'))
-            self._admin.dispose()
+        if self._drop_schema is not None:
+            self._drop_schema()
 
 
 def seed(store: Store, data_dir: Path, *, tasks: int, annotators: list[str]) -> None:

@@ -20,7 +20,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,12 +28,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 import sqlalchemy  # noqa: E402
-from sqlalchemy import Engine, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import Engine, select  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
 from storage import repository as repo  # noqa: E402
-from storage.db import make_engine, session_factory, transaction, upgrade  # noqa: E402
+from storage.db import create_scratch_schema, make_engine, session_factory, transaction, upgrade  # noqa: E402
 from storage.models import Base, Pair, User  # noqa: E402
 from storage.settings import Settings, load_settings  # noqa: E402
 
@@ -188,12 +186,7 @@ class Store:
             self._folder = Path(tempfile.mkdtemp(prefix="jrm-bench-"))
             url = f"sqlite:///{self._folder / 'bench.db'}"
         else:
-            self._schema = f"bench_{uuid.uuid4().hex[:10]}"
-            self._admin = make_engine(postgres_url)
-            with self._admin.begin() as conn:
-                conn.execute(text(f'CREATE SCHEMA "{self._schema}"'))
-            url = make_url(postgres_url).update_query_dict({"options": f"-csearch_path={self._schema}"})
-            url = url.render_as_string(hide_password=False)
+            url, self._drop_schema = create_scratch_schema(postgres_url, prefix="bench")
         self.engine: Engine = make_engine(url)
         upgrade(self.engine)
 
@@ -225,9 +218,7 @@ class Store:
         if self.backend == "sqlite":
             shutil.rmtree(self._folder, ignore_errors=True)
         else:
-            with self._admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{self._schema}" CASCADE'))
-            self._admin.dispose()
+            self._drop_schema()
 
 
 # Both loaders skip foreign-key checks: the generated rows are consistent by construction, and checking each

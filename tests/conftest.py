@@ -6,15 +6,13 @@ otherwise. Each test gets its own PostgreSQL schema (dropped afterwards), or its
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.db import make_engine, session_factory, upgrade
+from storage.db import create_scratch_schema, make_engine, session_factory, upgrade
 from storage.settings import Settings, load_settings, postgres_required_in_tests, postgres_test_url
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -51,19 +49,13 @@ def make_test_engine(backend: str, settings: Settings) -> tuple[Engine, callable
         upgrade(engine)
         return engine, engine.dispose
     base_url = _postgres_url_or_skip()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(base_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(base_url).update_query_dict({"options": f"-csearch_path={schema}"})
-    engine = make_engine(url.render_as_string(hide_password=False))
+    url, drop_schema = create_scratch_schema(base_url, prefix="t")
+    engine = make_engine(url)
     upgrade(engine)
 
     def teardown() -> None:
         engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+        drop_schema()
 
     return engine, teardown
 

@@ -90,6 +90,17 @@ def counting_service(app_store, **kwargs) -> tuple[ScoringService, CountingLoade
     return service, loader
 
 
+def run_then_stop(threads: list[threading.Thread], service) -> None:
+    """Start the threads, wait for them (2 min at most each), then stop the service whatever happened."""
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        service.stop()
+
+
 # --- no scorer -------------------------------------------------------------------------------------------------
 
 
@@ -297,13 +308,7 @@ def test_concurrent_requests_are_batched_and_equal_the_unbatched_scores(app_stor
             errors.append(exc)
 
     threads = [threading.Thread(target=request, args=(i,)) for i in ids]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
-    finally:
-        service.stop()
+    run_then_stop(threads, service)
     assert not errors
     assert loader.forwards < len(ids), f"8 requests ran {loader.forwards} forwards {loader.batch_sizes}"
     assert max(loader.batch_sizes) > 1
@@ -324,13 +329,7 @@ def test_the_same_candidate_requested_at_once_is_computed_once(app_store):
         results.append(service.score_candidates(candidate))
 
     threads = [threading.Thread(target=request) for _ in range(4)]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
-    finally:
-        service.stop()
+    run_then_stop(threads, service)
     assert len(results) == 4 and all(r == results[0] for r in results)
     assert sum(loader.batch_sizes) < 4
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from datetime import timedelta
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session
 from storage.db import transaction
 from storage.errors import InvalidInput, NotFound
 from storage.models import Candidate, Image, ModelVersion, Pair, Task, TrainingRun, Vote, utcnow
+from storage.settings import SettingsError, load_settings
 from trainer import runs_queue
 from trainer.data import HELDOUT, TRAIN, split_of, task_key
 
@@ -204,3 +206,13 @@ def test_no_first_run_when_a_version_is_active(session):
     session.add(ModelVersion(name="v0001", path="v0001", backbone="tiny", status="active"))
     session.flush()
     assert runs_queue.enqueue_first_run(session) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [("-1", "JRM_FIRST_RUN_MAX_STEPS must be >= 0"), ("fast", "JRM_FIRST_RUN_MAX_STEPS='fast' is not a valid int")],
+)
+def test_a_bad_first_run_cap_is_refused_with_its_name(raw, message):
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings({"JRM_FIRST_RUN_MAX_STEPS": raw})
+    assert load_settings({}).first_run_max_steps == 150  # the default: a scorer within minutes
