@@ -63,16 +63,20 @@ def current_user(deps: Deps, request: gr.Request | None, session: Session | None
     if not name:
         raise error("Log in first: this server needs a user name and password.")
     if session is not None:
-        return _active_user(session, name)
+        user = _active_user(session, name)
+        # The session's identity map holds rows weakly; holding this one for the transaction lets the store's own
+        # checks of the same user (`session.get(User, id)` in next_pair and record_vote) skip re-reading it.
+        session.info["caller"] = user
+        return _as_current(user)
     with deps.reader() as reader:  # on SQLite a reader never waits for (or holds) the write lock
-        return _active_user(reader, name)
+        return _as_current(_active_user(reader, name))
 
 
-def _active_user(session: Session, name: str) -> CurrentUser:
+def _active_user(session: Session, name: str) -> User:
     user = get_user_by_name(session, name=name)
     if user is None or not user.active:
         raise error(f"The account {name!r} is deactivated or no longer exists; ask an admin.")
-    return _as_current(user)
+    return user
 
 
 def local_user(factory: sessionmaker[Session]) -> CurrentUser:

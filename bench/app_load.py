@@ -19,7 +19,8 @@ idle CPU (measured for `IDLE_S` before the clock starts) and the load average.
 
 `--baseline DIR` serves another checkout (e.g. `git worktree add /tmp/app-base HEAD`) with the same bench, store
 layout and client, alternating with this one run by run (`--rounds` of each, order swapped every round), and
-prints the ratios this / baseline. Exit status 1 when a check fails.
+prints the ratios this / baseline. The baseline runs on `DIR/.venv`'s Python when it has one, so two sets of
+installed packages can be compared too. Exit status 1 when a check fails.
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ def start_app(store: Store, data_dir: Path, port: int, log_path: Path, app_root:
         "PYTHONUNBUFFERED": "1",
     }
     command = [
-        sys.executable,
+        str(app_python(app_root)),
         "-m",
         "app",
         "--auth",
@@ -222,6 +223,13 @@ def start_app(store: Store, data_dir: Path, port: int, log_path: Path, app_root:
             time.sleep(1)
     stop_app(process)
     raise RuntimeError(f"the app did not answer within {START_TIMEOUT_S} s:\n{_tail(log_path)}")
+
+
+def app_python(app_root: Path) -> Path:
+    """The interpreter that serves the checkout `app_root`: its own `.venv` when it has one (so a baseline can run
+    with other packages installed), otherwise the bench's."""
+    own = app_root / ".venv" / "bin" / "python"
+    return own if app_root != REPO and own.exists() else Path(sys.executable)
 
 
 def stop_app(process: subprocess.Popen) -> None:
@@ -562,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     apps = [("this", REPO)] + ([("baseline", args.baseline.resolve())] if args.baseline else [])
     print(
         f"{platform.platform()} · Python {platform.python_version()} · {os.cpu_count()} CPUs · "
-        f"load average {os.getloadavg()[0]:.1f} · apps: " + ", ".join(f"{name} = {root}" for name, root in apps)
+        f"load average {os.getloadavg()[0]:.1f} · apps: "
+        + ", ".join(f"{name} = {root} ({app_python(root)})" for name, root in apps)
     )
     cases = [
         Case(backend.strip(), int(n), float(think))

@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 from PIL import Image
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from app.auth import LOCAL_USER
 from app.handlers.annotate import (
@@ -78,6 +78,26 @@ def test_a_double_submission_stores_one_vote_and_shows_the_next_pair(deps):
     assert first.shown.assignment_id != view.shown.assignment_id  # the next pair came with the answer
     assert first.progress == "Your votes so far: **1**"
     assert first.cast.choice == "left"
+
+
+def test_each_annotate_call_reads_the_caller_once(deps):
+    """The store's own checks of the annotator find the row the handler read (no second or third users query)."""
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    engine = deps.factory.kw["bind"]
+    view = load_pair(deps, as_user("ann"))
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        load_pair(deps, as_user("ann"))
+        reads_in_load = sum("FROM users" in s for s in statements)
+        submit_vote(deps, view.shown, "left", "kept the sky", *NO_DIMENSIONS, as_user("ann"))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert reads_in_load == 1
+    assert sum("FROM users" in s for s in statements) == 2
 
 
 def test_dimension_scores_are_stored_only_when_the_annotator_rates_them(deps):

@@ -56,3 +56,7 @@ def test_a_round_trip_serves_the_stored_images_in_place(app_store):
             assert fetched.status_code == 200 and fetched.content == path.read_bytes()
         # Gradio's per-event analytics summary is off (it only feeds a monitoring page this app does not serve).
         assert blocks._queue.cached_event_analytics_summary == {"functions": {}}
+        # uvicorn serves the page with its C event loop and HTTP parser (requirements.txt installs both).
+        config = blocks.server.config
+        assert config.http_protocol_class.__name__ == "HttpToolsProtocol"
+        assert config.get_loop_factory().__module__.startswith("uvloop")
