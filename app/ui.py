@@ -143,22 +143,25 @@ def _annotate_tab(deps: Deps, blocks: gr.Blocks) -> None:
     api_choice, api_trigger = gr.Radio(list(annotate.CHOICE_LABELS.values()), visible=False), gr.Button(visible=False)
     votes = [(button, button, "private", f"vote_{choice}") for button, choice in zip(
         buttons, annotate.CHOICE_LABELS.values(), strict=True)]
-    # These handlers return what Gradio sends (`as_sent`), so their events skip Gradio's postprocessing.
+    # These handlers return what Gradio sends (`as_sent`), so their events skip Gradio's postprocessing; they check
+    # their inputs themselves, so the events skip Gradio's preprocessing too (a worker-thread hop per input).
     submit, load, give_back = (bind(as_sent(h), deps) for h in (annotate.submit_vote, annotate.load_pair,
                                                                 annotate.skip_pair))
     for trigger, choice, visibility, api_name in [*votes, (api_trigger, api_choice, "public", "submit_vote")]:
         event = trigger.click(
             submit, inputs=[shown, choice, *form], outputs=[*pair_outputs, cast, status], api_name=api_name,
-            api_visibility=visibility, postprocess=False,
+            api_visibility=visibility, preprocess=False, postprocess=False,
         )
         event.success(None, outputs=form, js=CLEAR_FORM_JS, api_name=f"clear_form_{api_name}",
                       api_visibility="private").then(
             bind(annotate.reveal_scores, deps), inputs=[cast], outputs=[reveal], api_name=f"reveal_{api_name}",
             api_visibility="private", concurrency_id=HEAVY, concurrency_limit=HEAVY_LIMIT,
         )
-    skip.click(give_back, inputs=[shown], outputs=pair_outputs, api_name="skip_pair", postprocess=False)
-    refresh.click(load, outputs=pair_outputs, api_name="next_pair", postprocess=False)
-    blocks.load(load, outputs=pair_outputs, api_name="load_pair", api_visibility="private", postprocess=False)
+    skip.click(give_back, inputs=[shown], outputs=pair_outputs, api_name="skip_pair", preprocess=False,
+               postprocess=False)
+    refresh.click(load, outputs=pair_outputs, api_name="next_pair", preprocess=False, postprocess=False)
+    blocks.load(load, outputs=pair_outputs, api_name="load_pair", api_visibility="private", preprocess=False,
+                postprocess=False)
 
 
 def _score_tab(deps: Deps) -> None:

@@ -113,7 +113,12 @@ def store_pil_image(session: Session, *, image: PIL.Image.Image, settings: Setti
 
 def image_path(settings: Settings, image: Image) -> Path:
     """Where the image's bytes live: `<blob_dir>/<sha[:2]>/<sha>.<format>`."""
-    return settings.blob_dir / image.sha256[:2] / f"{image.sha256}.{image.format}"
+    return blob_path(settings, image.sha256, image.format)
+
+
+def blob_path(settings: Settings, sha256: str, image_format: str) -> Path:
+    """`image_path` from the two columns that name the file, for queries that select them rather than `Image`s."""
+    return settings.blob_dir / sha256[:2] / f"{sha256}.{image_format}"
 
 
 def open_image(settings: Settings, image: Image) -> PIL.Image.Image:

@@ -30,12 +30,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
+from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Select, bindparam, case, distinct, func, literal_column, select, update
 from sqlalchemy.orm import Session, aliased
 
 from storage.errors import InvalidInput, NotFound
+from storage.images import blob_path
 from storage.models import CHOICES, Assignment, Candidate, Image, Pair, Task, User, Vote, utcnow
 from storage.settings import Settings
 
@@ -106,6 +108,9 @@ class PairToShow:
     right_generator: str
     expires_at: datetime
     votes_done: int  # the annotator's votes so far (progress)
+    source_file: Path  # the three images' stored files (`storage.images.image_path`), read with the pair
+    left_file: Path
+    right_file: Path
 
 
 @dataclass(frozen=True)
@@ -443,6 +448,13 @@ def _first_submission(session: Session, values: dict[str, Any]) -> Vote | None:
 def _vote_pair(session: Session, values: dict[str, Any]) -> int:
     """Check the task, candidates and annotator; return the pair id (inserted if it was missing)."""
     task_id, ids = values["task_id"], (values["left_candidate_id"], values["right_candidate_id"])
+    low, high = sorted(ids)
+    pair = session.execute(
+        select(Pair.id, Pair.task_id).where(Pair.candidate_a_id == low, Pair.candidate_b_id == high)
+    ).one_or_none()
+    if pair is not None and pair.task_id == task_id:  # pairs are only made of two candidates of their task
+        _require_voter(session, values)
+        return pair.id
     owner = dict(session.execute(select(Candidate.id, Candidate.task_id).where(Candidate.id.in_(ids))).all())
     for side, candidate_id in zip(("left", "right"), ids, strict=True):
         if candidate_id not in owner:
@@ -453,11 +465,13 @@ def _vote_pair(session: Session, values: dict[str, Any]) -> int:
                 f"{side} candidate {candidate_id} belongs to task {owner[candidate_id]}, not task "
                 f"{task_id}; send candidates of the task that was shown."
             )
+    _require_voter(session, values)
+    return _ensure_pair(session, task_id=task_id, first=low, second=high)
+
+
+def _require_voter(session: Session, values: dict[str, Any]) -> None:
     if values["annotator_id"] is not None:
         _require_active_user(session, values["annotator_id"])
-    low, high = sorted(ids)
-    pair_id = session.scalar(select(Pair.id).where(Pair.candidate_a_id == low, Pair.candidate_b_id == high))
-    return pair_id or _ensure_pair(session, task_id=task_id, first=low, second=high)
 
 
 def _refuse_second_vote(session: Session, values: dict[str, Any]) -> None:
@@ -531,7 +545,7 @@ def next_pair(
         assignment = _reserve_pair(session, annotator_id, settings, priority, rng or random.Random(), now)
         if assignment is None:
             return None
-    return _pair_to_show(session, assignment)
+    return _pair_to_show(session, assignment, settings)
 
 
 def _expire_stale_assignments(session: Session, now: datetime) -> None:
@@ -614,11 +628,13 @@ def _ranked(session: Session, window: list[PairCandidate], priority: PriorityHoo
     return sorted(chosen, key=lambda pair_id: (filled[pair_id], rank[pair_id]))
 
 
-def _pair_to_show(session: Session, assignment: Assignment) -> PairToShow:
+def _pair_to_show(session: Session, assignment: Assignment, settings: Settings) -> PairToShow:
     row = session.execute(
         _pair_view_statement(), {"pair_id": assignment.pair_id, "annotator_id": assignment.annotator_id}
     ).one()
+    files = [blob_path(settings, sha256, image_format) for sha256, image_format in (row[11:13], row[13:15], row[15:17])]
     left, right = (row[7:10], row[4:7]) if assignment.swapped else (row[4:7], row[7:10])
+    left_file, right_file = (files[2], files[1]) if assignment.swapped else (files[1], files[2])
     return PairToShow(
         assignment_id=assignment.id,
         pair_id=assignment.pair_id,
@@ -634,12 +650,16 @@ def _pair_to_show(session: Session, assignment: Assignment) -> PairToShow:
         right_generator=right[2],
         expires_at=_aware(assignment.expires_at),
         votes_done=row[10],
+        source_file=files[0],
+        left_file=left_file,
+        right_file=right_file,
     )
 
 
 @cache
 def _pair_view_statement() -> Select:
     a, b = aliased(Candidate), aliased(Candidate)
+    source_image, a_image, b_image = aliased(Image), aliased(Image), aliased(Image)
     votes_done = select(func.count()).where(Vote.annotator_id == bindparam("annotator_id")).scalar_subquery()
     return (
         select(
@@ -654,10 +674,19 @@ def _pair_view_statement() -> Select:
             b.image_id,
             b.generator,
             votes_done,
+            source_image.sha256,
+            source_image.format,
+            a_image.sha256,
+            a_image.format,
+            b_image.sha256,
+            b_image.format,
         )
         .join(Task, Task.id == Pair.task_id)
         .join(a, a.id == Pair.candidate_a_id)
         .join(b, b.id == Pair.candidate_b_id)
+        .join(source_image, source_image.id == Task.source_image_id)
+        .join(a_image, a_image.id == a.image_id)
+        .join(b_image, b_image.id == b.image_id)
         .where(Pair.id == bindparam("pair_id"))
     )
 

@@ -10,16 +10,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.deps import Deps
 from app.render import error
 from storage.db import transaction
 from storage.errors import InvalidInput
-from storage.images import image_path
-from storage.models import Image
-from storage.settings import Settings
 
 
 # One per process: SQLite has one write lock per database file, and this app serves one store.
@@ -47,12 +43,3 @@ def user_errors() -> Iterator[None]:
         yield
     except InvalidInput as exc:
         raise error(str(exc)) from None
-
-
-def image_files(session: Session, settings: Settings, *image_ids: int) -> list[str]:
-    """The stored files of images (one query), in the order asked, for `gr.Image(type="filepath")` outputs."""
-    images = {image.id: image for image in session.scalars(select(Image).where(Image.id.in_(set(image_ids))))}
-    missing = sorted(set(image_ids) - images.keys())
-    if missing:
-        raise error(f"image {missing[0]} is missing from the store.")
-    return [str(image_path(settings, images[image_id])) for image_id in image_ids]

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import CurrentUser, current_user
 from app.deps import Deps
-from app.handlers import annotate_transaction, image_files, user_errors
+from app.handlers import annotate_transaction, user_errors
 from app.render import error, text
 from app.scoring import NoScorerYet
 from storage.errors import InvalidInput
@@ -86,9 +86,7 @@ def _progress(votes_done: int) -> str:
     return f"Your votes so far: **{votes_done}**"
 
 
-def _view(session: Session, settings: Settings, pair: PairToShow | None, votes_done: int) -> PairView:
-    if pair is None:
-        return PairView(None, NO_PAIR_HTML, None, None, None, _progress(votes_done))
+def _view(pair: PairToShow) -> PairView:
     shown = ShownPair(
         assignment_id=pair.assignment_id,
         task_id=pair.task_id,
@@ -98,16 +96,16 @@ def _view(session: Session, settings: Settings, pair: PairToShow | None, votes_d
         shown_at=time.time(),
     )
     instruction = f'<div class="jrm-instruction"><b>Instruction:</b> {text(pair.instruction)}</div>'
-    source, left, right = image_files(session, settings, pair.source_image_id, pair.left_image_id, pair.right_image_id)
-    return PairView(shown, instruction, source, left, right, _progress(pair.votes_done))
+    files = (str(pair.source_file), str(pair.left_file), str(pair.right_file))
+    return PairView(shown, instruction, *files, _progress(pair.votes_done))
 
 
 def _next_view(session: Session, settings: Settings, user: CurrentUser) -> PairView:
     pair = next_pair(session, annotator_id=user.id, settings=settings)
     if pair is not None:
-        return _view(session, settings, pair, pair.votes_done)
+        return _view(pair)
     done = session.scalar(select(func.count()).where(Vote.annotator_id == user.id)) or 0
-    return _view(session, settings, None, done)
+    return PairView(None, NO_PAIR_HTML, None, None, None, _progress(done))
 
 
 def load_pair(deps: Deps, request: gr.Request) -> PairView:
@@ -116,16 +114,18 @@ def load_pair(deps: Deps, request: gr.Request) -> PairView:
         return _next_view(session, deps.settings, current_user(deps, request, session))
 
 
-def parse_choice(value: str) -> str:
+def parse_choice(value: object) -> str:
     """A vote button's label, or a stored choice name, → the stored choice."""
-    choice = CHOICE_LABELS.get(value, value)
+    choice = CHOICE_LABELS.get(value, value) if isinstance(value, str) else None
     if choice not in CHOICE_LABELS.values():
         raise error(f"Unknown choice {value!r}; send one of {', '.join(CHOICE_LABELS.values())}.")
     return choice
 
 
-def check_rationale(rationale: str | None, settings: Settings) -> str | None:
-    """The rationale, stripped; `gr.Error` when shorter than `rationale_min_chars`."""
+def check_rationale(rationale: object, settings: Settings) -> str | None:
+    """The rationale, stripped; `gr.Error` when it is not text or shorter than `rationale_min_chars`."""
+    if rationale is not None and not isinstance(rationale, str):
+        raise error(f"The rationale must be text, got {type(rationale).__name__}.")
     rationale = (rationale or "").strip()
     if len(rationale) < settings.rationale_min_chars:
         raise error(
@@ -135,11 +135,23 @@ def check_rationale(rationale: str | None, settings: Settings) -> str | None:
     return rationale or None
 
 
-def dimension_scores(rate: bool, *scores: float | None) -> dict[str, float] | None:
-    """The per-dimension sliders as a dict, or None when the annotator did not rate dimensions."""
+def dimension_scores(rate: object, *scores: object) -> dict[str, float] | None:
+    """The per-dimension sliders as a dict, or None when the annotator did not rate dimensions.
+
+    The values are the request's JSON as sent (the vote skips Gradio's preprocessing), so each is checked here.
+    """
+    if rate is not None and not isinstance(rate, bool):
+        raise error(f"rate_dimensions must be true or false, got {rate!r}.")
     if not rate:
         return None
-    return {name: float(score) for name, score in zip(DIMENSIONS, scores, strict=True) if score is not None}
+    rated = {}
+    for (name, label), score in zip(DIMENSIONS.items(), scores, strict=True):
+        if score is None:
+            continue
+        if isinstance(score, bool) or not isinstance(score, int | float) or not -2 <= score <= 2:
+            raise error(f"{label} must be a number from -2 to 2 (or left out), got {score!r}.")
+        rated[name] = float(score)
+    return rated
 
 
 def _time_spent_ms(shown: ShownPair) -> int:
@@ -151,7 +163,7 @@ def submit_vote(
     shown: ShownPair | None,
     choice: str,
     rationale: str | None,
-    rate_dimensions: bool,
+    rate_dimensions: bool | None,
     instruction_following: float | None,
     quality: float | None,
     preservation: float | None,

@@ -119,6 +119,33 @@ def test_a_short_rationale_is_refused_and_nothing_is_stored(app_store):
     assert check_rationale(" long enough now ", deps.settings) == "long enough now"
 
 
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [
+        (("left", 42, False, 0, 0, 0), "rationale must be text"),
+        ((["left"], "kept it", False, 0, 0, 0), "Unknown choice"),
+        ((None, "kept it", False, 0, 0, 0), "Unknown choice"),
+        (("left", "kept it", "yes", 0, 0, 0), "rate_dimensions must be true or false"),
+        (("left", "kept it", True, "much", 0, 0), "Instruction following must be a number from -2 to 2"),
+        (("left", "kept it", True, 0, 3, 0), "Image quality must be a number from -2 to 2"),
+        (("left", "kept it", True, 0, 0, float("nan")), "Preservation of the rest must be a number from -2 to 2"),
+        (("left", "kept it", True, 0, True, 0), "Image quality must be a number from -2 to 2"),
+    ],
+)
+def test_a_vote_with_a_malformed_field_is_refused_by_name_and_the_pair_stays(deps, form, message):
+    """API callers send raw JSON (Gradio does not preprocess the vote's inputs): every field is checked here."""
+    view = load_pair(deps, as_user("ann"))
+    with pytest.raises(gr.Error, match=message):
+        submit_vote(deps, view.shown, *form, as_user("ann"))
+    assert _votes(deps, client_submission_id=view.shown.submission_id) == []
+    again = load_pair(deps, as_user("ann"))
+    assert again.shown.assignment_id == view.shown.assignment_id  # nothing lost: the same pair is still held
+    saved = submit_vote(deps, again.shown, "left", "kept it", True, -2, 1.0, 0, as_user("ann"))
+    assert saved.status == "Vote saved."
+    (vote,) = _votes(deps, client_submission_id=again.shown.submission_id)
+    assert vote.dimension_scores == {"instruction_following": -2.0, "quality": 1.0, "preservation": 0.0}
+
+
 def test_choices_are_button_labels_or_stored_names():
     assert [parse_choice(v) for v in ("Left is better", "Right is better", "Tie", "Both bad")] == [
         "left", "right", "tie", "both_bad"]

@@ -33,6 +33,9 @@ def test_every_endpoint_is_named_on_purpose_and_only_the_api_is_public(app_store
     assert {f.api_name for f in functions if f.api_visibility == "public"} == PUBLIC_API
     # Gradio numbers the names it makes up (clear_form_4) and names bare JavaScript steps js_fn.
     assert not [f.api_name for f in functions if re.search(r"_\d+$|^js_fn|^unnamed", f.api_name)]
+    annotate = [f for f in functions if f.api_name in ("next_pair", "load_pair", "skip_pair", "submit_vote")
+                or f.api_name.startswith("vote_")]
+    assert len(annotate) == 8 and not any(f.preprocess or f.postprocess for f in annotate)  # handlers check inputs
     clear_form = [f for f in functions if f.api_name.startswith("clear_form_")]
     assert clear_form and all(f.fn is None and f.js for f in clear_form)  # runs in the browser: no server call
 

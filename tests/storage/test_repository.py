@@ -13,6 +13,7 @@ from sqlalchemy import func, select, update
 
 from storage import repository as repo
 from storage.errors import InvalidInput, NotFound
+from storage.images import image_path
 from storage.models import Assignment, Candidate, Image, Pair, Task, User, Vote, utcnow
 
 TABLES = (Image, User, Task, Candidate, Pair, Vote, Assignment)
@@ -317,12 +318,17 @@ def test_next_pair_reserves_and_returns_the_same_pair_on_reload(session, setting
 
 
 def test_left_right_order_is_randomised(session, settings, make_task, make_user):
-    task, _ = make_task(n=2)
+    task, candidates = make_task(n=2)
+    file_of = {c.id: image_path(settings, session.get(Image, c.image_id)) for c in candidates}
     lefts = set()
     for seed in range(12):
         user = make_user()
         shown = repo.next_pair(session, annotator_id=user.id, settings=settings, rng=random.Random(seed))
         lefts.add(shown.left_candidate_id)
+        # The stored files come with the pair, on the side each candidate is shown.
+        assert shown.source_file == image_path(settings, session.get(Image, task.source_image_id))
+        assert (shown.left_file, shown.right_file) == (file_of[shown.left_candidate_id],
+                                                        file_of[shown.right_candidate_id])
         repo.skip_assignment(session, assignment_id=shown.assignment_id, annotator_id=user.id)
     assert len(lefts) == 2
 
