@@ -137,7 +137,9 @@ def _annotate_tab(deps: Deps, blocks: gr.Blocks) -> None:
     status, reveal = gr.Markdown(elem_id="vote-status"), gr.HTML(elem_id="reveal")
     refresh = gr.Button("Reload pair", size="sm")
 
-    pair_outputs = [shown, instruction, source, left, right, progress]
+    # The shown pair's submission id, on the page: a vote sends the one that was on screen when it was cast.
+    token = gr.Textbox("", visible=False, elem_id="pair-token", label="pair_token")
+    pair_outputs = [shown, instruction, source, left, right, progress, token]
     form = [rationale, rate, *sliders]
     # A vote button sends its own label as the choice; API clients send the choice to a hidden trigger instead.
     api_choice, api_trigger = gr.Radio(list(annotate.CHOICE_LABELS.values()), visible=False), gr.Button(visible=False)
@@ -149,7 +151,7 @@ def _annotate_tab(deps: Deps, blocks: gr.Blocks) -> None:
                                                                 annotate.skip_pair))
     for trigger, choice, visibility, api_name in [*votes, (api_trigger, api_choice, "public", "submit_vote")]:
         event = trigger.click(
-            submit, inputs=[shown, choice, *form], outputs=[*pair_outputs, cast, status], api_name=api_name,
+            submit, inputs=[shown, choice, *form, token], outputs=[*pair_outputs, cast, status], api_name=api_name,
             api_visibility=visibility, preprocess=False, postprocess=False,
         )
         event.success(None, outputs=form, js=CLEAR_FORM_JS, api_name=f"clear_form_{api_name}",

@@ -6,8 +6,9 @@
 Per run: a fresh store (a temporary SQLite file, or a new PostgreSQL schema) gets `--tasks` tasks of `CANDIDATES`
 candidates each (no votes yet) and one password user per annotator; `python -m app --auth --no-worker` starts on a
 free loopback port in a subprocess; every annotator logs in with its own `gradio_client` session and loops
-"next pair → submit vote" for `--seconds`. Every `--double-every`-th vote is sent twice at once in the same
-session (a double click). `--think-ms` is the mean of an exponential pause between seeing a pair and voting
+"next pair → submit vote" for `--seconds`, each vote carrying the pair token `next_pair` returned (as the page
+does). Every `--double-every`-th vote is sent twice at once in the same session (a double click); one of the two
+must be answered "already saved". `--think-ms` is the mean of an exponential pause between seeing a pair and voting
 (0: votes back to back, a closed-loop stress test; `annotate` says how runs with pauses start and end); a
 comma-separated list runs each. Then the app is stopped and the store checked: each annotator's stored votes must
 equal the votes the app answered "Vote saved." to (0 lost, 0 extra), and no `client_submission_id` and no
@@ -79,6 +80,7 @@ class Annotator:
     already: int = 0  # answered "already saved" (the second half of a double submission)
     doubles: int = 0  # double submissions sent
     uncertain: int = 0  # vote calls that failed: stored or not, the client cannot tell
+    sends_token: bool = True  # the app's submit_vote takes the pair token (apps before it do not)
     errors: Counter = field(default_factory=Counter)
     out_of_pairs: bool = False
 
@@ -275,6 +277,9 @@ def connect(annotator: Annotator, url: str, attempts: int = 3) -> None:
                 ssl_verify=False,
                 httpx_kwargs={"timeout": CALL_TIMEOUT_S},  # the default 5 s would drop the slowest calls from p95
             )
+            api = annotator.client.view_api(print_info=False, return_format="dict")
+            parameters = api["named_endpoints"][VOTE_ENDPOINT]["parameters"]
+            annotator.sends_token = any(p["parameter_name"] == "pair_token" for p in parameters)  # older apps: none
             return
         except Exception:  # noqa: BLE001 - retried, then raised
             if attempt == attempts - 1:
@@ -331,7 +336,9 @@ def annotate(annotator: Annotator, deadline: float, double_every: int, think_s: 
                 return
             time.sleep(pause)
         sent += 1
+        # The pair token (the last output) says which pair the vote is for, as the page sends it.
         vote = (rng.choice(CHOICES), rng.choice(["", "kept the background", "ignored the colour"]), False, 0, 0, 0)
+        vote += (view[-1],) if annotator.sends_token else ()
         double = double_every > 0 and sent % double_every == 0
         try:
             if double:
@@ -393,8 +400,14 @@ class Result:
         return max(self.p(name, 95) for name in self.latencies)
 
     @property
+    def doubles_stored_twice(self) -> int:
+        """Double submissions not answered "already saved": each stored a second vote (on the next pair)."""
+        return sum(a.doubles - a.already for a in self.annotators)
+
+    @property
     def intact(self) -> bool:
-        return not any(self.check[key] for key in ("lost", "extra", "duplicate_submission_ids", "duplicate_pair_votes"))
+        keys = ("lost", "extra", "duplicate_submission_ids", "duplicate_pair_votes")
+        return not any(self.check[key] for key in keys) and self.doubles_stored_twice == 0
 
 
 def run_case(app: str, app_root: Path, case: Case, args: argparse.Namespace) -> Result:
@@ -484,7 +497,7 @@ def report(result: Result, target_p95_ms: float) -> bool:
     print(
         f"\nvotes answered saved {total['saved']} · stored {check['stored']} · lost {check['lost']} · "
         f"extra {check['extra']} · double submissions {total['doubles']} (answered 'already saved': "
-        f"{total['already']}) · duplicate submission ids {check['duplicate_submission_ids']} · duplicate "
+        f"{total['already']}; stored twice: {result.doubles_stored_twice}) · duplicate submission ids {check['duplicate_submission_ids']} · duplicate "
         f"(pair, annotator) votes {check['duplicate_pair_votes']} · failed vote calls {total['uncertain']} · "
         f"annotators out of pairs {total['out']}"
     )

@@ -34,6 +34,7 @@ DIMENSIONS = {"instruction_following": "Instruction following", "quality": "Imag
               "preservation": "Preservation of the rest"}
 # The form after a vote: empty rationale, dimensions not rated, sliders at 0 (the page resets it in the browser).
 EMPTY_FORM = ("", False, 0, 0, 0)
+ALREADY_SAVED = "This vote was already saved; it was not counted twice."
 NO_PAIR_HTML = '<div class="jrm-instruction jrm-empty">No pairs are left for you to annotate. Thank you!</div>'
 
 
@@ -67,6 +68,7 @@ class PairView(NamedTuple):
     left: str | None
     right: str | None
     progress: str  # Markdown, numbers only
+    token: str  # the shown pair's submission id ("" when none): the page sends it back with the vote
 
 
 class VoteOutcome(NamedTuple):
@@ -78,6 +80,7 @@ class VoteOutcome(NamedTuple):
     left: str | None
     right: str | None
     progress: str
+    token: str
     cast: CastVote | None
     status: str  # Markdown, fixed wording
 
@@ -97,7 +100,7 @@ def _view(pair: PairToShow) -> PairView:
     )
     instruction = f'<div class="jrm-instruction"><b>Instruction:</b> {text(pair.instruction)}</div>'
     files = (str(pair.source_file), str(pair.left_file), str(pair.right_file))
-    return PairView(shown, instruction, *files, _progress(pair.votes_done))
+    return PairView(shown, instruction, *files, _progress(pair.votes_done), shown.submission_id)
 
 
 def _next_view(session: Session, settings: Settings, user: CurrentUser) -> PairView:
@@ -105,7 +108,7 @@ def _next_view(session: Session, settings: Settings, user: CurrentUser) -> PairV
     if pair is not None:
         return _view(pair)
     done = session.scalar(select(func.count()).where(Vote.annotator_id == user.id)) or 0
-    return PairView(None, NO_PAIR_HTML, None, None, None, _progress(done))
+    return PairView(None, NO_PAIR_HTML, None, None, None, _progress(done), "")
 
 
 def load_pair(deps: Deps, request: gr.Request) -> PairView:
@@ -167,11 +170,24 @@ def submit_vote(
     instruction_following: float | None,
     quality: float | None,
     preservation: float | None,
+    pair_token: str | None,
     request: gr.Request,
 ) -> VoteOutcome:
-    """Record the vote on the shown pair (once per submission id) and show the next pair at once."""
+    """Record the vote on the pair the voter saw (once per submission id) and show the next pair at once.
+
+    `pair_token` is the submission id of the pair on the voter's screen when they voted. The session's `shown`
+    moves on as soon as a vote is stored, so a second click, a second vote key or a resent request can reach the
+    server after it did: its token then names the earlier pair, and it is answered "already saved" instead of
+    being stored as a vote on a pair the voter never judged. Without a token (older API clients) the vote is for
+    the pair the session shows now.
+    """
     with user_errors(), annotate_transaction(deps) as session:
         user = current_user(deps, request, session)
+        if pair_token is not None and not isinstance(pair_token, str):
+            raise error(f"pair_token must be the text next_pair returned, got {type(pair_token).__name__}.")
+        if pair_token and (shown is None or pair_token != shown.submission_id):
+            earlier = _earlier_vote(session, user, pair_token)
+            return VoteOutcome(*_next_view(session, deps.settings, user), cast=earlier, status=ALREADY_SAVED)
         if shown is None:
             raise error("No pair is shown: press “Next pair” to load one.")
         code = parse_choice(choice)
@@ -191,10 +207,24 @@ def submit_vote(
             settings=deps.settings,
         )
         view = _next_view(session, deps.settings, user)
-    stored = result.vote
-    cast = CastVote(stored.choice, stored.left_candidate_id, stored.right_candidate_id)
-    status = "Vote saved." if result.created else "This vote was already saved; it was not counted twice."
-    return VoteOutcome(*view, cast=cast, status=status)
+    status = "Vote saved." if result.created else ALREADY_SAVED
+    return VoteOutcome(*view, cast=_cast(result.vote), status=status)
+
+
+def _cast(vote: Vote) -> CastVote:
+    return CastVote(vote.choice, vote.left_candidate_id, vote.right_candidate_id)
+
+
+def _earlier_vote(session: Session, user: CurrentUser, pair_token: str) -> CastVote:
+    """The caller's vote stored under `pair_token`; `gr.Error` when there is none (the pair was skipped, reloaded
+    or expired before a vote was stored)."""
+    vote = session.scalar(select(Vote).where(Vote.client_submission_id == pair_token))
+    if vote is None or vote.annotator_id != user.id:
+        raise error(
+            "This vote is for a pair that is no longer shown (it was skipped, reloaded or expired), so nothing was "
+            "stored; vote on the pair shown now."
+        )
+    return _cast(vote)
 
 
 def skip_pair(deps: Deps, shown: ShownPair | None, request: gr.Request) -> PairView:

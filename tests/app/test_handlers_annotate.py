@@ -65,8 +65,10 @@ def test_load_pair_shows_a_reserved_pair_as_the_assignment_orders_it(deps):
 
 def test_a_double_submission_stores_one_vote_and_shows_the_next_pair(deps):
     view = load_pair(deps, as_user("ann"))
-    first = submit_vote(deps, view.shown, "Left is better", "  A kept the sky  ", *NO_DIMENSIONS, as_user("ann"))
-    second = submit_vote(deps, view.shown, "Left is better", "A kept the sky", *NO_DIMENSIONS, as_user("ann"))
+    first = submit_vote(deps, view.shown, "Left is better", "  A kept the sky  ", *NO_DIMENSIONS, view.token,
+                        as_user("ann"))
+    second = submit_vote(deps, view.shown, "Left is better", "A kept the sky", *NO_DIMENSIONS, view.token,
+                         as_user("ann"))
     votes = _votes(deps, client_submission_id=view.shown.submission_id)
     assert len(votes) == 1
     vote = votes[0]
@@ -78,6 +80,43 @@ def test_a_double_submission_stores_one_vote_and_shows_the_next_pair(deps):
     assert first.shown.assignment_id != view.shown.assignment_id  # the next pair came with the answer
     assert first.progress == "Your votes so far: **1**"
     assert first.cast.choice == "left"
+
+
+def test_a_vote_that_arrives_after_the_page_moved_on_is_not_stored_on_the_next_pair(deps):
+    """A second click, a second vote key or a resent request can be served after the first vote moved the session
+    to the next pair; its token still names the pair the voter saw, so it is answered "already saved"."""
+    view = load_pair(deps, as_user("ann"))
+    first = submit_vote(deps, view.shown, "left", "kept the sky", *NO_DIMENSIONS, view.token, as_user("ann"))
+    assert first.status == "Vote saved." and first.token == first.shown.submission_id != view.token
+    # Gradio hands the handler the session's state as it is now: the next pair.
+    late = submit_vote(deps, first.shown, "right", "changed my mind", *NO_DIMENSIONS, view.token, as_user("ann"))
+    assert "already saved" in late.status
+    assert late.cast.choice == "left" and late.shown.assignment_id == first.shown.assignment_id
+    assert len(_votes(deps, client_submission_id=view.token)) == 1
+    assert _votes(deps, client_submission_id=first.token) == []  # nothing stored on the pair not yet judged
+    voted = submit_vote(deps, late.shown, "tie", "", *NO_DIMENSIONS, late.token, as_user("ann"))
+    assert voted.status == "Vote saved."
+
+
+def test_a_vote_for_a_pair_that_was_skipped_is_refused_and_nothing_is_stored(deps):
+    view = load_pair(deps, as_user("ann"))
+    after_skip = skip_pair(deps, view.shown, as_user("ann"))
+    with pytest.raises(gr.Error, match="no longer shown"):
+        submit_vote(deps, after_skip.shown, "left", "", *NO_DIMENSIONS, view.token, as_user("ann"))
+    with pytest.raises(gr.Error, match="no longer shown"):  # another annotator's or a made-up token
+        submit_vote(deps, after_skip.shown, "left", "", *NO_DIMENSIONS, "not-a-token", as_user("ann"))
+    with pytest.raises(gr.Error, match="pair_token must be the text"):
+        submit_vote(deps, after_skip.shown, "left", "", *NO_DIMENSIONS, 12, as_user("ann"))
+    assert _votes(deps, client_submission_id=view.token) == []
+    assert _votes(deps, client_submission_id=after_skip.token) == []
+
+
+def test_without_a_token_the_vote_is_for_the_pair_shown_now(deps):
+    view = load_pair(deps, as_user("ann"))
+    outcome = submit_vote(deps, view.shown, "right", "", *NO_DIMENSIONS, None, as_user("ann"))
+    assert outcome.status == "Vote saved."
+    (vote,) = _votes(deps, client_submission_id=view.shown.submission_id)
+    assert vote.right_candidate_id == view.shown.right_candidate_id
 
 
 def test_each_annotate_call_reads_the_caller_once(deps):
@@ -93,7 +132,7 @@ def test_each_annotate_call_reads_the_caller_once(deps):
     try:
         load_pair(deps, as_user("ann"))
         reads_in_load = sum("FROM users" in s for s in statements)
-        submit_vote(deps, view.shown, "left", "kept the sky", *NO_DIMENSIONS, as_user("ann"))
+        submit_vote(deps, view.shown, "left", "kept the sky", *NO_DIMENSIONS, view.token, as_user("ann"))
     finally:
         event.remove(engine, "before_cursor_execute", record)
     assert reads_in_load == 1
@@ -102,7 +141,7 @@ def test_each_annotate_call_reads_the_caller_once(deps):
 
 def test_dimension_scores_are_stored_only_when_the_annotator_rates_them(deps):
     view = load_pair(deps, as_user("ann"))
-    submit_vote(deps, view.shown, "tie", "", True, -2.0, 1.0, 0.0, as_user("ann"))
+    submit_vote(deps, view.shown, "tie", "", True, -2.0, 1.0, 0.0, view.token, as_user("ann"))
     (vote,) = _votes(deps, client_submission_id=view.shown.submission_id)
     assert vote.choice == "tie" and vote.rationale is None
     assert vote.dimension_scores == {"instruction_following": -2.0, "quality": 1.0, "preservation": 0.0}
@@ -114,7 +153,7 @@ def test_a_short_rationale_is_refused_and_nothing_is_stored(app_store):
     deps = make_deps(app_store, rationale_min_chars=10)
     view = load_pair(deps, as_user("ann"))
     with pytest.raises(gr.Error, match="at least 10 characters"):
-        submit_vote(deps, view.shown, "Right is better", "too short", *NO_DIMENSIONS, as_user("ann"))
+        submit_vote(deps, view.shown, "Right is better", "too short", *NO_DIMENSIONS, view.token, as_user("ann"))
     assert _votes(deps, client_submission_id=view.shown.submission_id) == []
     assert check_rationale(" long enough now ", deps.settings) == "long enough now"
 
@@ -136,11 +175,11 @@ def test_a_vote_with_a_malformed_field_is_refused_by_name_and_the_pair_stays(dep
     """API callers send raw JSON (Gradio does not preprocess the vote's inputs): every field is checked here."""
     view = load_pair(deps, as_user("ann"))
     with pytest.raises(gr.Error, match=message):
-        submit_vote(deps, view.shown, *form, as_user("ann"))
+        submit_vote(deps, view.shown, *form, view.token, as_user("ann"))
     assert _votes(deps, client_submission_id=view.shown.submission_id) == []
     again = load_pair(deps, as_user("ann"))
     assert again.shown.assignment_id == view.shown.assignment_id  # nothing lost: the same pair is still held
-    saved = submit_vote(deps, again.shown, "left", "kept it", True, -2, 1.0, 0, as_user("ann"))
+    saved = submit_vote(deps, again.shown, "left", "kept it", True, -2, 1.0, 0, again.token, as_user("ann"))
     assert saved.status == "Vote saved."
     (vote,) = _votes(deps, client_submission_id=again.shown.submission_id)
     assert vote.dimension_scores == {"instruction_following": -2.0, "quality": 1.0, "preservation": 0.0}
@@ -168,7 +207,7 @@ def test_when_no_pair_is_left_the_tab_says_so_and_a_vote_is_refused(deps):
     view = load_pair(deps, as_user("ann"))
     assert view.shown is None and view.instruction == NO_PAIR_HTML and view.left is None
     with pytest.raises(gr.Error, match="No pair is shown"):
-        submit_vote(deps, None, "left", "", *NO_DIMENSIONS, as_user("ann"))
+        submit_vote(deps, None, "left", "", *NO_DIMENSIONS, "", as_user("ann"))
 
 
 def test_instructions_are_shown_as_text_never_as_html_or_markdown(deps, app_settings):
@@ -192,7 +231,7 @@ def test_reveal_shows_the_active_versions_scores_and_agreement(app_store, scorin
     add_users(app_store, ann="annotator")
     deps = make_deps(app_store, scoring=scoring_service)
     view = load_pair(deps, as_user("ann"))
-    outcome = submit_vote(deps, view.shown, "left", "", *NO_DIMENSIONS, as_user("ann"))
+    outcome = submit_vote(deps, view.shown, "left", "", *NO_DIMENSIONS, view.token, as_user("ann"))
     html = reveal_scores(deps, outcome.cast)
     scores = scoring_service.score_candidates([view.shown.left_candidate_id, view.shown.right_candidate_id])
     left, right = scores[view.shown.left_candidate_id].score, scores[view.shown.right_candidate_id].score
@@ -208,7 +247,7 @@ def test_reveal_before_any_version_is_served_says_no_scorer_yet(app_store):
     try:
         deps = make_deps(app_store, scoring=service)
         view = load_pair(deps, as_user("ann"))
-        outcome = submit_vote(deps, view.shown, "Both bad", "", *NO_DIMENSIONS, as_user("ann"))
+        outcome = submit_vote(deps, view.shown, "Both bad", "", *NO_DIMENSIONS, view.token, as_user("ann"))
         assert "No scorer yet" in reveal_scores(deps, outcome.cast)
     finally:
         service.stop()
@@ -223,7 +262,8 @@ def test_concurrent_annotators_each_have_every_vote_stored_once(app_store):
         statuses = []
         for _ in range(4):
             view = load_pair(deps, as_user(name))
-            statuses.append(submit_vote(deps, view.shown, "tie", "", *NO_DIMENSIONS, as_user(name)).status)
+            outcome = submit_vote(deps, view.shown, "tie", "", *NO_DIMENSIONS, view.token, as_user(name))
+            statuses.append(outcome.status)
         return statuses
 
     with ThreadPoolExecutor(len(names)) as pool:  # SQLite: the handlers take turns at the write lock
@@ -238,7 +278,7 @@ def test_concurrent_annotators_each_have_every_vote_stored_once(app_store):
 def test_without_auth_the_local_admin_votes(app_store):
     deps = make_deps(app_store, auth=False)
     view = load_pair(deps, as_user(None))
-    submit_vote(deps, view.shown, "right", "", *NO_DIMENSIONS, as_user(None))
+    submit_vote(deps, view.shown, "right", "", *NO_DIMENSIONS, view.token, as_user(None))
     with deps.factory() as session:
         local = session.scalar(select(User).where(User.name == LOCAL_USER))
         assert local.role == "admin" and local.password_hash is None

@@ -169,6 +169,30 @@ def vote_with_keys(page: Page, keys: list[str], rationale: str) -> None:
         expect(page.locator("#rationale textarea")).to_have_value("")  # the page empties the form after a vote
 
 
+def record_pair_tokens(page: Page) -> list[str]:
+    """The pair tokens the page sends with its votes, in the order sent (filled in as the page sends them)."""
+    tokens: list[str] = []
+
+    def on_request(request) -> None:
+        if request.method == "POST" and "/queue/join" in request.url:
+            data = (request.post_data_json or {}).get("data") or []
+            if len(data) == 8 and isinstance(data[-1], str) and re.fullmatch(r"[0-9a-f]{32}", data[-1]):
+                tokens.append(data[-1])  # a vote: shown, choice, rationale, rate, three sliders, pair token
+
+    page.on("request", on_request)
+    return tokens
+
+
+def press_at_once(page: Page, keys: list[str]) -> None:
+    """Press vote keys back to back (no wait for an answer in between); returns once the page counted a vote."""
+    before = votes_so_far(page)
+    page.locator("#progress").click()
+    for key in keys:
+        page.keyboard.press(key)
+    expect(page.locator("#progress")).to_contain_text(f"Your votes so far: {before + 1}", timeout=30_000)
+    page.wait_for_timeout(1_000)  # time for a late second vote to land, were it stored
+
+
 def run_state(page: Page, run_id: int) -> tuple[str, int] | None:
     """(status, progress %) of run `run_id` in the runs table; None until the table lists it."""
     row = page.locator("#runs table tbody tr").filter(has=page.locator(f"td:first-child:text-is('{run_id}')"))

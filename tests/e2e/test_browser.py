@@ -18,6 +18,8 @@ from tests.e2e.browser_walk import (
     browser_page,
     log_in,
     open_tab,
+    press_at_once,
+    record_pair_tokens,
     retrain_and_watch,
     running_app,
     score_upload,
@@ -47,12 +49,20 @@ def test_annotate_retrain_and_score_in_the_browser(tmp_path):
     shots = artifacts_dir() / "e2e"
     with running_app(tmp_path / "data", shots / "app.log") as server, browser_page() as page:
         log_in(page, server.url, "ann")
+        tokens = record_pair_tokens(page)
         vote_with_keys(page, ["1", "ArrowRight", "t"], rationale="1 and 2 are not votes: left kept the sky")
         shoot(page, shots, "annotate")
-        votes = _rows(server.database_url, select(Vote.choice, Vote.rationale).join(User, User.id == Vote.annotator_id)
-                      .where(User.name == "ann").order_by(Vote.id))
-        assert [choice for choice, _ in votes] == ["left", "right", "tie"]
+        votes = _rows(server.database_url, select(Vote.choice, Vote.rationale, Vote.client_submission_id)
+                      .join(User, User.id == Vote.annotator_id).where(User.name == "ann").order_by(Vote.id))
+        assert [choice for choice, _, _ in votes] == ["left", "right", "tie"]
         assert votes[0][1] == "1 and 2 are not votes: left kept the sky"
+        assert tokens == [token for _, _, token in votes]  # each vote carried the token of the pair on screen
+        # Two vote keys at once (the second is sent before the first is answered): one vote, on the pair seen.
+        press_at_once(page, ["2", "1"])
+        votes = _rows(server.database_url, select(Vote.choice, Vote.client_submission_id)
+                      .join(User, User.id == Vote.annotator_id).where(User.name == "ann").order_by(Vote.id))
+        assert len(tokens) == 5 and tokens[3] == tokens[4]
+        assert len(votes) == 4 and votes[-1] == ("right", tokens[3])
 
         log_in(page, server.url, "res")
         open_tab(page, "Research")
