@@ -20,6 +20,7 @@ import inspect
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -110,6 +111,7 @@ def measure(backend: str, cycles: int, tasks: int, postgres_url: str) -> dict[st
         engine.dispose()
         if drop is not None:
             drop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def app_python(root: Path) -> Path:
