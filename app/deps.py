@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.db import session_factory
+from storage.db import engine_of, session_factory
 from storage.settings import Settings
 
 if TYPE_CHECKING:
@@ -27,4 +27,4 @@ class Deps:
     @cached_property
     def reader(self) -> sessionmaker[Session]:
         """Read-only sessions for statistics, leaderboards and exports: on SQLite they never hold the write lock."""
-        return session_factory(self.factory.kw["bind"], read_only=True)
+        return session_factory(engine_of(self.factory), read_only=True)

@@ -55,6 +55,14 @@ def session_factory(engine: Engine, *, read_only: bool = False) -> sessionmaker[
     return sessionmaker(bind, expire_on_commit=False)
 
 
+def engine_of(factory: sessionmaker[Session]) -> Engine:
+    """The engine a `session_factory` binds its sessions to (for a read-only sibling, a dialect check, event hooks)."""
+    bind = factory.kw.get("bind")
+    if not isinstance(bind, Engine):
+        raise TypeError("this session factory is not bound to an engine; build it with storage.db.session_factory")
+    return bind
+
+
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose work commits on success and rolls back on any error."""

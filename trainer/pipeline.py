@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.db import session_factory, transaction
+from storage.db import engine_of, session_factory, transaction
 from storage.errors import InvalidInput, NotFound
 from storage.models import RUN_TRIGGERS, ModelVersion, TrainingRun, User, utcnow
 from storage.settings import Settings
@@ -269,7 +269,7 @@ def _snapshot(factory: sessionmaker[Session], run_id: int, settings: Settings) -
     for leftover in (folder, *folder.parent.glob(f"{SNAPSHOT_STAGING_PREFIX}*")):
         if leftover.exists():  # a crash before the row was updated: a folder the row does not point at is not trusted
             shutil.rmtree(leftover)
-    with session_factory(factory.kw["bind"], read_only=True)() as session:
+    with session_factory(engine_of(factory), read_only=True)() as session:
         rows = vote_rows(session, settings=settings)
     staging = folder.with_name(f"{SNAPSHOT_STAGING_PREFIX}{uuid.uuid4().hex}")
     try:

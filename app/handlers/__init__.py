@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.deps import Deps
 from app.render import error
-from storage.db import transaction
+from storage.db import engine_of, transaction
 from storage.errors import InvalidInput
 
 
@@ -31,7 +31,7 @@ def annotate_transaction(deps: Deps) -> Iterator[Session]:
     race again and again (p99 1.3 s at 16 back-to-back annotators). Waiting here instead, each starts as soon as
     the previous one ends (p99 0.3 s; docs/app-performance.md).
     """
-    turns = _SQLITE_TURNS if deps.factory.kw["bind"].dialect.name == "sqlite" else nullcontext()
+    turns = _SQLITE_TURNS if engine_of(deps.factory).dialect.name == "sqlite" else nullcontext()
     with turns, transaction(deps.factory) as session:
         yield session
 

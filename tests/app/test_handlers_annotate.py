@@ -22,7 +22,7 @@ from app.handlers.annotate import (
     submit_vote,
 )
 from app.scoring import ScoringService
-from storage.db import transaction
+from storage.db import engine_of, transaction
 from storage.images import store_pil_image
 from storage.models import Assignment, Pair, User, Vote
 from storage.repository import add_candidate, create_task
@@ -126,7 +126,7 @@ def test_each_annotate_call_reads_the_caller_once(deps):
     def record(conn, cursor, statement, parameters, context, executemany):
         statements.append(statement)
 
-    engine = deps.factory.kw["bind"]
+    engine = engine_of(deps.factory)
     view = load_pair(deps, as_user("ann"))
     event.listen(engine, "before_cursor_execute", record)
     try:

@@ -1,8 +1,10 @@
 import threading
 
+import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import sessionmaker
 
-from storage.db import session_factory, transaction
+from storage.db import engine_of, session_factory, transaction
 from storage.models import User
 
 
@@ -25,3 +27,10 @@ def test_read_only_session_does_not_block_writers(engine):
         thread.join()
     with reader() as session:
         assert session.scalar(select(func.count(User.id))) == 1
+
+
+def test_engine_of_names_the_engine_behind_a_factory_and_refuses_an_unbound_one(engine):
+    assert engine_of(session_factory(engine)) is engine
+    assert engine_of(session_factory(engine, read_only=True)).url == engine.url  # the read-only view of it
+    with pytest.raises(TypeError, match="not bound to an engine"):
+        engine_of(sessionmaker())

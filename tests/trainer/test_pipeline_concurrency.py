@@ -12,7 +12,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.db import make_engine, transaction
+from storage.db import engine_of, make_engine, transaction
 from storage.models import Candidate, ModelVersion, TrainingRun
 from storage.repository import record_vote
 from tests.trainer.test_pipeline import FAST, demo, queue, sqlite_demo  # noqa: F401 - fixtures
@@ -75,7 +75,7 @@ def _wrap(monkeypatch, owner: object, name: str, before) -> None:
 def test_votes_commit_while_the_run_writes_and_reads_files(sqlite_demo, settings, monkeypatch):  # noqa: F811
     """A run's slow file work (writing the snapshot, saving and hashing the model) holds no write transaction."""
     factory = sqlite_demo
-    probe = VoteProbe(factory.kw["bind"].url.render_as_string(hide_password=False), settings)
+    probe = VoteProbe(engine_of(factory).url.render_as_string(hide_password=False), settings)
     _wrap(monkeypatch, datasets.Dataset, "save_to_disk", lambda: probe("snapshot save"))
     _wrap(monkeypatch, JointRewardModel, "save", lambda: probe("model save"))
     _wrap(monkeypatch, registry, "_sha256", lambda: probe("hashing the model's files"))
