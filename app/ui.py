@@ -129,11 +129,12 @@ def _annotate_tab(deps: Deps, blocks: gr.Blocks) -> None:
     rationale = gr.Textbox(label=f"Rationale ({f'at least {minimum} characters' if minimum else 'optional'})",
                            placeholder="e.g. B kept the background but ignored 'make it wood'", lines=2,
                            elem_id="rationale")
-    with gr.Accordion("Compare dimensions (optional): −2 left much better … 0 same … +2 right much better",
+    low, high = annotate.DIMENSION_RANGE
+    with gr.Accordion(f"Compare dimensions (optional): −{-low} left much better … 0 same … +{high} right much better",
                       open=False):
         rate = gr.Checkbox(label="Include these ratings with my vote", value=False)
         with gr.Row():
-            sliders = [gr.Slider(-2, 2, value=0, step=1, label=label) for label in annotate.DIMENSIONS.values()]
+            sliders = [gr.Slider(low, high, value=0, step=1, label=label) for label in annotate.DIMENSIONS.values()]
     status, reveal = gr.Markdown(elem_id="vote-status"), gr.HTML(elem_id="reveal")
     refresh = gr.Button("Reload pair", size="sm")
 

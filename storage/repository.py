@@ -632,9 +632,9 @@ def _pair_to_show(session: Session, assignment: Assignment, settings: Settings) 
     row = session.execute(
         _pair_view_statement(), {"pair_id": assignment.pair_id, "annotator_id": assignment.annotator_id}
     ).one()
-    files = [blob_path(settings, sha256, image_format) for sha256, image_format in (row[11:13], row[13:15], row[15:17])]
-    left, right = (row[7:10], row[4:7]) if assignment.swapped else (row[4:7], row[7:10])
-    left_file, right_file = (files[2], files[1]) if assignment.swapped else (files[1], files[2])
+    source_file, a_file, b_file = (blob_path(settings, *row[i : i + 2]) for i in (11, 13, 15))
+    a, b = (*row[4:7], a_file), (*row[7:10], b_file)  # candidate id, image id, generator, stored file
+    left, right = (b, a) if assignment.swapped else (a, b)
     return PairToShow(
         assignment_id=assignment.id,
         pair_id=assignment.pair_id,
@@ -650,9 +650,9 @@ def _pair_to_show(session: Session, assignment: Assignment, settings: Settings) 
         right_generator=right[2],
         expires_at=_aware(assignment.expires_at),
         votes_done=row[10],
-        source_file=files[0],
-        left_file=left_file,
-        right_file=right_file,
+        source_file=source_file,
+        left_file=left[3],
+        right_file=right[3],
     )
 
 

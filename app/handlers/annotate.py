@@ -30,6 +30,7 @@ from storage.settings import Settings
 # Button labels (what a vote button sends) → stored choice; API callers may send the choice itself.
 CHOICE_LABELS = {"Left is better": "left", "Right is better": "right", "Tie": "tie", "Both bad": "both_bad"}
 # Per-dimension comparison of the two edits as shown: -2 left much better … 0 same … +2 right much better.
+DIMENSION_RANGE = (-2, 2)
 DIMENSIONS = {"instruction_following": "Instruction following", "quality": "Image quality",
               "preservation": "Preservation of the rest"}
 # The form after a vote: empty rationale, dimensions not rated, sliders at 0 (the page resets it in the browser).
@@ -147,12 +148,12 @@ def dimension_scores(rate: object, *scores: object) -> dict[str, float] | None:
         raise error(f"rate_dimensions must be true or false, got {rate!r}.")
     if not rate:
         return None
-    rated = {}
+    rated, (low, high) = {}, DIMENSION_RANGE
     for (name, label), score in zip(DIMENSIONS.items(), scores, strict=True):
         if score is None:
             continue
-        if isinstance(score, bool) or not isinstance(score, int | float) or not -2 <= score <= 2:
-            raise error(f"{label} must be a number from -2 to 2 (or left out), got {score!r}.")
+        if isinstance(score, bool) or not isinstance(score, int | float) or not low <= score <= high:
+            raise error(f"{label} must be a number from {low} to {high} (or left out), got {score!r}.")
         rated[name] = float(score)
     return rated
 
