@@ -79,20 +79,24 @@ def start_worker(settings: Settings) -> Any | None:
 
 def start_scoring(factory: sessionmaker[Session], settings: Settings) -> Any:
     """The started scoring service (it loads the active version in the background and follows promotions)."""
+    from app.heap import settle
     from app.scoring import ScoringService  # lazy: torch loads only once the store is ready
 
-    service = ScoringService(factory, settings)
+    service = ScoringService(factory, settings, after_swap=settle)
     service.start()
     return service
 
 
 def serve(deps: Deps) -> None:
     """Build the page and serve it until interrupted."""
+    from app.heap import settle
     from app.serving import build_app, launch_options
     from app.ui import CSS, KEYBOARD_HEAD
 
     settings = deps.settings
-    build_app(deps).launch(
+    blocks = build_app(deps)
+    settle()  # everything imported and built so far lives as long as the process (app.heap)
+    blocks.launch(
         server_name=settings.host,
         server_port=settings.port,
         head=KEYBOARD_HEAD,

@@ -111,12 +111,14 @@ class ScoringService:
         loader: Loader | None = None,
         max_batch: int = 16,
         batch_wait_ms: float = 10.0,
+        after_swap: Callable[[], object] | None = None,
     ):
         if not poll_interval_s > 0 or max_batch < 1 or not batch_wait_ms >= 0:
             raise ValueError("ScoringService needs poll_interval_s > 0, max_batch >= 1 and batch_wait_ms >= 0.")
         self._factory, self._settings = factory, settings
         self._poll_interval_s, self._max_batch, self._batch_wait_s = poll_interval_s, max_batch, batch_wait_ms / 1000
         self._loader = loader or load_for_serving
+        self._after_swap = after_swap  # called once the old model is dropped (the app settles its heap: app.heap)
         self._device = default_device()
         self._serving: _Serving | None = None
         self._cache: dict[int, dict[int, float]] = {}  # version id → candidate id → score (serving version only)
@@ -226,8 +228,11 @@ class ScoringService:
             self._cache = {new.version_id: {}}  # older versions' scores stay in the scores table
             self._failed, self.last_error = None, None
         log.info("Serving scores from model version %s (was %s)", new.name, old.name if old else "none")
-        if old is not None and self._device == "cuda":
-            del old
+        had_old = old is not None
+        del old  # nothing here holds the old model now, so the hook's collection can free it
+        if self._after_swap is not None:
+            self._after_swap()
+        if had_old and self._device == "cuda":
             torch.cuda.empty_cache()
 
     def _require_serving(self) -> _Serving:

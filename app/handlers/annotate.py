@@ -180,27 +180,38 @@ def submit_vote(
     moves on as soon as a vote is stored, so a second click, a second vote key or a resent request can reach the
     server after it did: its token then names the earlier pair, and it is answered "already saved" instead of
     being stored as a vote on a pair the voter never judged. Without a token (older API clients) the vote is for
-    the pair the session shows now.
+    the pair the session shows now. Two requests for the same shown pair at once (a double click) are stored by
+    the first; the second waits for it and answers with its outcome, "already saved" (`Deps.votes_in_flight`).
     """
+    if pair_token is not None and not isinstance(pair_token, str):
+        raise error(f"pair_token must be the text next_pair returned, got {type(pair_token).__name__}.")
+    if pair_token and (shown is None or pair_token != shown.submission_id):
+        return _answer_earlier_vote(deps, pair_token, request)
+    if shown is None:
+        raise error("No pair is shown: press “Next pair” to load one.")
+    code = parse_choice(choice)
+    note = check_rationale(rationale, deps.settings)
+    scores = dimension_scores(rate_dimensions, instruction_following, quality, preservation)
+    # The key is the session's own pair (server-side state) and the logged-in name, so only the same voter's
+    # requests for the same showing share an outcome.
+    key = (getattr(request, "username", None), shown.submission_id)
+    outcome, first = deps.votes_in_flight.run(key, lambda: _store_vote(deps, shown, code, note, scores, request))
+    return outcome if first else outcome._replace(status=ALREADY_SAVED)
+
+
+def _store_vote(
+    deps: Deps, shown: ShownPair, choice: str, rationale: str | None, scores: dict[str, float] | None,
+    request: gr.Request,
+) -> VoteOutcome:
     with user_errors(), annotate_transaction(deps) as session:
         user = current_user(deps, request, session)
-        if pair_token is not None and not isinstance(pair_token, str):
-            raise error(f"pair_token must be the text next_pair returned, got {type(pair_token).__name__}.")
-        if pair_token and (shown is None or pair_token != shown.submission_id):
-            earlier = _earlier_vote(session, user, pair_token)
-            return VoteOutcome(*_next_view(session, deps.settings, user), cast=earlier, status=ALREADY_SAVED)
-        if shown is None:
-            raise error("No pair is shown: press “Next pair” to load one.")
-        code = parse_choice(choice)
-        note = check_rationale(rationale, deps.settings)
-        scores = dimension_scores(rate_dimensions, instruction_following, quality, preservation)
         result = record_vote(
             session,
             task_id=shown.task_id,
             left_candidate_id=shown.left_candidate_id,
             right_candidate_id=shown.right_candidate_id,
-            choice=code,
-            rationale=note,
+            choice=choice,
+            rationale=rationale,
             annotator_id=user.id,
             client_submission_id=shown.submission_id,
             dimension_scores=scores,
@@ -210,6 +221,14 @@ def submit_vote(
         view = _next_view(session, deps.settings, user)
     status = "Vote saved." if result.created else ALREADY_SAVED
     return VoteOutcome(*view, cast=_cast(result.vote), status=status)
+
+
+def _answer_earlier_vote(deps: Deps, pair_token: str, request: gr.Request) -> VoteOutcome:
+    """A vote whose token names a pair shown before this one: "already saved" when that vote is stored."""
+    with user_errors(), annotate_transaction(deps) as session:
+        user = current_user(deps, request, session)
+        earlier = _earlier_vote(session, user, pair_token)
+        return VoteOutcome(*_next_view(session, deps.settings, user), cast=earlier, status=ALREADY_SAVED)
 
 
 def _cast(vote: Vote) -> CastVote:

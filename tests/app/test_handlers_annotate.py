@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from sqlalchemy import event, func, select, update
 
 from app.auth import LOCAL_USER
 from app.handlers.annotate import (
+    ALREADY_SAVED,
     NO_PAIR_HTML,
     check_rationale,
     dimension_scores,
@@ -80,6 +83,36 @@ def test_a_double_submission_stores_one_vote_and_shows_the_next_pair(deps):
     assert first.shown.assignment_id != view.shown.assignment_id  # the next pair came with the answer
     assert first.progress == "Your votes so far: **1**"
     assert first.cast.choice == "left"
+
+
+def test_a_vote_sent_twice_at_once_is_stored_by_the_first_request_and_the_second_shares_its_answer(deps):
+    """The duplicate waits for the first request in the app instead of opening a transaction of its own."""
+    view = load_pair(deps, as_user("ann"))
+    engine, inserting, callers, querying = engine_of(deps.factory), threading.Event(), [], set()
+
+    def hold_the_insert(conn, cursor, statement, parameters, context, executemany):
+        querying.add(threading.get_ident())
+        if statement.startswith("INSERT INTO votes") and not inserting.is_set():
+            inserting.set()
+            time.sleep(0.5)  # the duplicate arrives while the first request is still storing the vote
+
+    def vote():
+        callers.append(threading.get_ident())
+        return submit_vote(deps, view.shown, "left", "kept the sky", *NO_DIMENSIONS, view.token, as_user("ann"))
+
+    event.listen(engine, "before_cursor_execute", hold_the_insert)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(vote)
+            assert inserting.wait(30)
+            second = pool.submit(vote)
+            first, second = first.result(timeout=60), second.result(timeout=60)
+    finally:
+        event.remove(engine, "before_cursor_execute", hold_the_insert)
+    assert first.status == "Vote saved." and second.status == ALREADY_SAVED
+    assert second.shown is first.shown and second.token == first.token  # the page ends on the same next pair
+    assert len(_votes(deps, client_submission_id=view.token)) == 1
+    assert callers[1] != callers[0] and callers[1] not in querying, "the duplicate ran statements of its own"
 
 
 def test_a_vote_that_arrives_after_the_page_moved_on_is_not_stored_on_the_next_pair(deps):

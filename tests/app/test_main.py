@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from app.__main__ import check_exposure, has_login, main, prepare_store
+from app.__main__ import check_exposure, has_login, main, prepare_store, start_scoring
 from app.auth import is_loopback
 from storage.db import transaction
 from storage.repository import dataset_stats
@@ -43,3 +45,17 @@ def test_first_start_seeds_the_demo_once_and_auth_needs_a_user_who_can_log_in(tm
     with transaction(factory) as session:
         create_user(session, name="alice", role="admin", password="pw")
     assert has_login(factory)
+
+
+def test_the_scorer_of_python_m_app_settles_the_heap_after_each_model_swap(app_store, monkeypatch):
+    settled = []
+    monkeypatch.setattr("app.heap.settle", lambda: settled.append(True))
+    service = start_scoring(app_store.factory, app_store.settings)
+    try:
+        deadline = time.monotonic() + 60
+        while service.version is None:
+            assert time.monotonic() < deadline, "the active version was never loaded"
+            time.sleep(0.02)
+    finally:
+        service.stop()  # joins the poller, which calls the hook right after the swap
+    assert settled == [True]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import shutil
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import PIL.Image
@@ -237,6 +239,29 @@ def test_a_promoted_version_is_swapped_in_and_old_cached_scores_are_not_reused(a
         assert kept == pytest.approx({i: old[i].score for i in ids}), "the old version's scores stay stored"
     finally:
         service.stop()
+
+
+def test_after_swap_runs_once_per_swap_when_the_service_no_longer_holds_the_old_model(app_store, shifted_model_dir):
+    loaded, seen = [], []  # weak references to every model loaded; per hook call, which are still alive
+
+    def loader(path: Path, *, device: str):
+        model = load_for_serving(path, device=device)
+        loaded.append(weakref.ref(model))
+        return model
+
+    def after_swap() -> None:  # the app passes app.heap.settle, which collects like this first
+        gc.collect()
+        seen.append([ref() is not None for ref in loaded])
+
+    service = ScoringService(app_store.factory, app_store.settings, loader=loader, after_swap=after_swap)
+    try:
+        assert service.refresh() is True
+        publish_model_dir(app_store.factory, app_store.settings, shifted_model_dir)
+        assert service.refresh() is True
+        assert service.refresh() is False
+    finally:
+        service.stop()
+    assert seen == [[True], [False, True]], "the old model must be unreachable when the hook runs"
 
 
 def test_the_poller_loads_in_the_background_while_the_old_model_keeps_serving(app_store, shifted_model_dir):
