@@ -9,8 +9,10 @@ free loopback port in a subprocess; every annotator logs in with its own `gradio
 "next pair → submit vote" for `--seconds`, each vote carrying the pair token `next_pair` returned (as the page
 does). Every `--double-every`-th vote is sent twice at once in the same session (a double click); one of the two
 must be answered "already saved". `--think-ms` is the mean of an exponential pause between seeing a pair and voting
-(0: votes back to back, a closed-loop stress test; `annotate` says how runs with pauses start and end); a
-comma-separated list runs each. Then the app is stopped and the store checked: each annotator's stored votes must
+(`annotate` says how runs with pauses start and end); a comma-separated list runs each. The default, 3000, is the
+latency target's workload: annotators who pause, though 3 s is already quicker than a person who looks at three
+images and writes a rationale. 0 votes back to back, a closed-loop stress test: it measures capacity (the app's
+calls/s at saturation), and its latency is about the number of annotators over that throughput, whatever the app. Then the app is stopped and the store checked: each annotator's stored votes must
 equal the votes the app answered "Vote saved." to (0 lost, 0 extra), and no `client_submission_id` and no
 (pair, annotator) may appear twice. Each annotator logs in and loads a first pair before the clock starts (the
 page load; untimed). Latency is per call as the client sees it (queue join + result stream), images not
@@ -578,9 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--double-every", type=int, default=10, help="send every Nth vote twice at once (0: never)")
     parser.add_argument(
         "--think-ms",
-        default="0",
+        default="3000",
         help="comma-separated means of the exponential pause between seeing a pair and voting, each a run of its "
-        "own; 0: back to back (stress)",
+        "own; 0: back to back (a stress test of capacity)",
     )
     parser.add_argument("--baseline", type=Path, help="another checkout whose app runs alternately with this one")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each case (of each app with --baseline)")
