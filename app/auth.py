@@ -9,6 +9,7 @@ takes effect at once, also for sessions that are already logged in.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -18,10 +19,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.deps import Deps
+from app.login_throttle import LOGIN_CHECKS_AT_ONCE, LoginThrottle
 from app.render import error
 from storage.db import transaction
 from storage.models import User
 from storage.users import authenticate, create_user, get_user_by_name
+
+log = logging.getLogger(__name__)
 
 LOCAL_USER = "local"  # the single user of an app started without authentication
 RESEARCH_ROLES = ("researcher", "admin")
@@ -112,16 +116,32 @@ def require_admin(deps: Deps, request: gr.Request | None) -> CurrentUser:
     return require_role(current_user(deps, request), ADMIN_ROLES, "admin")
 
 
-def login_checker(factory: sessionmaker[Session]) -> Callable[[str, str], Awaitable[bool]]:
-    """Gradio's `auth=` callable: checks a name and password against the store's active users."""
+def login_checker(
+    factory: sessionmaker[Session], throttle: LoginThrottle | None = None
+) -> Callable[[str, str], Awaitable[bool]]:
+    """Gradio's `auth=` callable: checks a name and password against the store's active users.
+
+    Repeated failures for a name are slowed down and password checks run a few at a time (`app.login_throttle`).
+    """
+    throttle = throttle or LoginThrottle()
+    checks: anyio.CapacityLimiter | None = None  # made on first use: it belongs to the server's event loop
 
     def check(name: str, password: str) -> bool:
         with factory() as session:
             return authenticate(session, name=name, password=password) is not None
 
     async def login(name: str, password: str) -> bool:
-        # scrypt takes tens of milliseconds by design; run it off the event loop so logins do not stall pages.
-        return await anyio.to_thread.run_sync(check, name, password)
+        nonlocal checks
+        checks = checks or anyio.CapacityLimiter(LOGIN_CHECKS_AT_ONCE)
+        async with checks:
+            wait = throttle.wait_s(name)  # read with a check slot held, so a burst cannot slip past it
+            if wait > 0:
+                log.warning("Log-in as %r refused unchecked after repeated failures; next try in %.0f s", name, wait)
+                return False
+            # scrypt takes tens of milliseconds by design; run it off the event loop so logins do not stall pages.
+            succeeded = await anyio.to_thread.run_sync(check, name, password)
+        throttle.record(name, succeeded=succeeded)
+        return succeeded
 
     return login
 

@@ -12,7 +12,8 @@ must be answered "already saved". `--think-ms` is the mean of an exponential pau
 (`annotate` says how runs with pauses start and end); a comma-separated list runs each. The default, 3000, is the
 latency target's workload: annotators who pause, though 3 s is already quicker than a person who looks at three
 images and writes a rationale. 0 votes back to back, a closed-loop stress test: it measures capacity (the app's
-calls/s at saturation), and its latency is about the number of annotators over that throughput, whatever the app. Then the app is stopped and the store checked: each annotator's stored votes must
+calls/s at saturation), and its latency is about the number of annotators over that throughput, whatever the app.
+Then the app is stopped and the store checked: each annotator's stored votes must
 equal the votes the app answered "Vote saved." to (0 lost, 0 extra), and no `client_submission_id` and no
 (pair, annotator) may appear twice. Each annotator logs in and loads a first pair before the clock starts (the
 page load; untimed). Latency is per call as the client sees it (queue join + result stream), images not

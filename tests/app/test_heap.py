@@ -1,4 +1,4 @@
-"""app.heap.settle: the heap the app keeps for its lifetime leaves the collector's view, and nothing is kept for good."""
+"""app.heap.settle: the heap the app keeps for its lifetime leaves the collector's view; nothing is kept for good."""
 
 from __future__ import annotations
 
