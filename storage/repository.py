@@ -418,11 +418,9 @@ def record_vote(
     }
     if left_candidate_id == right_candidate_id:
         raise InvalidInput(f"left and right are the same candidate ({left_candidate_id}); show two different ones.")
-    first = _first_submission(session, values)
-    if first is not None:
-        return VoteResult(first, created=False)
     values["pair_id"] = _vote_pair(session, values)
-    # No SELECT-then-INSERT race: the unique keys decide, and a conflict waits for the other transaction.
+    # No SELECT-then-INSERT race: the unique keys decide, and a conflict waits for the other transaction. A resent
+    # submission is looked up only when its insert conflicts (a new vote, the usual case, costs no lookup).
     vote = session.scalar(_vote_insert_statement(session.get_bind().dialect.name), values)
     if vote is None:  # this submission, or this annotator's vote on the pair, is already stored
         first = _first_submission(session, values)

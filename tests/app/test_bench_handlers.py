@@ -19,5 +19,5 @@ def test_a_vote_cycle_stays_within_its_statement_budget(backend):
     # its BEGIN IMMEDIATE). submit_vote adds the vote, its pair, the counters and the next reservation.
     begin = 1 if backend == "sqlite" else 0
     assert result["load_statements"] == 3 + begin
-    assert result["submit_statements"] == 12 + begin
+    assert result["submit_statements"] == 11 + begin
     assert result["load_ms"] > 0 and result["submit_ms"] > 0
