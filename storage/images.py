@@ -21,10 +21,13 @@ silently pads truncated files. WebP's parser allocates (untouched, lazily mapped
 the header, before the pixel check; its dimensions are capped at 16383² by the format.
 
 Stored encoding: a JPEG or WebP that already decodes to RGB with no transparency and no EXIF rotation is
-kept byte for byte; everything else (every PNG, CMYK/grayscale/palette JPEG, rotated photos, alpha) is
-re-encoded as PNG of the normalised pixels. Lossless either way. Normalising applies the EXIF orientation,
-scales 16-bit grayscale to 8 bits, composites transparency on white, and converts to RGB; colour profiles
-(ICC) are not carried into a re-encoded PNG. The row's sha256, width, height, format and byte size describe
+kept byte for byte (also with an embedded colour profile that is sRGB in effect: it moves no channel more than
+`SRGB_TOLERANCE` levels); everything else (every PNG, CMYK/grayscale/palette JPEG, rotated photos, alpha, other
+colour profiles) is re-encoded as PNG of the normalised pixels. Lossless either way. Normalising applies the EXIF
+orientation, converts from an embedded ICC profile (RGB, RGBA, CMYK or gray) to sRGB with LittleCMS, scales 16-bit
+grayscale to 8 bits, composites transparency on white, and converts to RGB; the PNG carries no profile, so
+browsers (which read untagged pictures as sRGB) and the model see the same colours. A profile that cannot be used
+(damaged, or for another colour space than the pixels) is ignored, as browsers ignore it. The row's sha256, width, height, format and byte size describe
 the stored bytes, which live at `<blob_dir>/<sha[:2]>/<sha>.<format>`; one row per distinct stored content.
 
 Blobs are written atomically (temp file in the same folder, fsync, `os.replace`) before the row is added, so
@@ -43,7 +46,7 @@ import zlib
 from pathlib import Path
 
 import PIL.Image
-from PIL import ExifTags, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+from PIL import ExifTags, ImageChops, ImageCms, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -84,6 +87,11 @@ _UNSUPPORTED_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (  # (offset, magi
 )
 _BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}  # DIB header lengths of the BMP versions
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+# Stored pixels are sRGB, so annotators' browsers and the model see the same colours. Modes a profile may describe,
+# → the mode converted to; a profile whose space does not match the mode is unusable (ignored, as if absent).
+_PROFILED_MODES = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB"}
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+SRGB_TOLERANCE = 2  # levels: an embedded profile that moves no channel further than this counts as sRGB
 
 
 class ImageRejected(InvalidInput):
@@ -128,9 +136,10 @@ def open_image(settings: Settings, image: Image) -> PIL.Image.Image:
 
 
 def encode_png(picture: PIL.Image.Image) -> bytes:
-    """PNG bytes of `picture` (deterministic: the same pixels give the same bytes)."""
+    """PNG bytes of `picture` (deterministic: the same pixels give the same bytes; no colour profile, the pixels are
+    sRGB)."""
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
+    picture.save(buffer, format="PNG", icc_profile=None)
     return buffer.getvalue()
 
 
@@ -259,8 +268,35 @@ def _truncated_message(fmt: str) -> str:
 
 
 def _keep_as_is(picture: PIL.Image.Image, fmt: str) -> bool:
-    """True for a JPEG or WebP that already decodes to opaque, upright RGB (re-encoding would only grow it)."""
-    return fmt != "png" and picture.mode == "RGB" and not picture.has_transparency_data and _is_upright(picture)
+    """True for a JPEG or WebP that already decodes to opaque, upright sRGB (re-encoding would only grow it)."""
+    return (
+        fmt != "png"
+        and picture.mode == "RGB"
+        and not picture.has_transparency_data
+        and _is_upright(picture)
+        and _in_srgb(picture) is picture
+    )
+
+
+def _in_srgb(picture: PIL.Image.Image) -> PIL.Image.Image:
+    """`picture` converted from its embedded colour profile to sRGB; `picture` itself when it has no profile, one
+    that cannot be used (damaged, or of another colour space than the pixels), or one that is sRGB in effect."""
+    icc, target = picture.info.get("icc_profile"), _PROFILED_MODES.get(picture.mode)
+    if not icc or target is None:
+        return picture
+    try:
+        converted = ImageCms.profileToProfile(picture, ImageCms.ImageCmsProfile(io.BytesIO(icc)), _SRGB,
+                                              outputMode=target)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return picture  # the pixels are fine without it: stored as if untagged, as browsers would show them
+    if converted.mode == picture.mode and _within(converted, picture, SRGB_TOLERANCE):
+        return picture
+    return converted
+
+
+def _within(a: PIL.Image.Image, b: PIL.Image.Image, levels: int) -> bool:
+    """True when no channel of any pixel differs by more than `levels`."""
+    return all(high <= levels for _, high in ImageChops.difference(a, b).getextrema())
 
 
 def _is_upright(picture: PIL.Image.Image) -> bool:
@@ -269,9 +305,11 @@ def _is_upright(picture: PIL.Image.Image) -> bool:
 
 
 def _normalise(picture: PIL.Image.Image) -> PIL.Image.Image:
-    """Upright RGB pixels: EXIF orientation applied, 16-bit scaled to 8, transparency composited on white."""
+    """Upright sRGB pixels: EXIF orientation and colour profile applied, 16-bit scaled to 8, transparency composited
+    on white."""
     if not _is_upright(picture):
         picture = ImageOps.exif_transpose(picture)
+    picture = _in_srgb(picture)
     if picture.mode in _SIXTEEN_BIT_MODES:
         # convert("L") would clip 16-bit values at 255; scale the range instead.
         picture = picture.convert("I").point(lambda value: value / 257).convert("L")

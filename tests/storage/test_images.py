@@ -18,11 +18,19 @@ from pathlib import Path
 
 import PIL.Image
 import pytest
-from PIL import ExifTags, ImageFile
+from PIL import ExifTags, ImageCms, ImageFile
 from sqlalchemy import func, select
 
 import storage.images
-from storage.images import ImageRejected, encode_png, image_path, open_image, store_image, store_pil_image
+from storage.images import (
+    ImageRejected,
+    decode_upload,
+    encode_png,
+    image_path,
+    open_image,
+    store_image,
+    store_pil_image,
+)
 from storage.models import Image
 
 # --- building the corpus --------------------------------------------------------------------------------------
@@ -241,6 +249,59 @@ def test_exif_orientation_is_applied(session, settings):
     assert close_to(stored.getpixel((4, 4)), (255, 0, 0), 24)
     assert close_to(stored.getpixel((28, 4)), (128, 128, 128), 24)
     assert close_to(stored.getpixel((4, 60)), (128, 128, 128), 24)
+
+
+SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def swapped_primaries_icc() -> bytes:
+    """An RGB profile like sRGB with the red and green primaries exchanged: its pure red is sRGB's pure green."""
+    data = bytearray(SRGB_ICC)
+    (count,) = struct.unpack(">I", data[128:132])
+    entries = {}
+    for index in range(count):
+        signature, offset, size = struct.unpack(">4sII", data[132 + 12 * index:144 + 12 * index])
+        entries[signature] = (index, offset, size)
+    (red, *red_at), (green, *green_at) = entries[b"rXYZ"], entries[b"gXYZ"]
+    struct.pack_into(">4sII", data, 132 + 12 * red, b"rXYZ", *green_at)
+    struct.pack_into(">4sII", data, 132 + 12 * green, b"gXYZ", *red_at)
+    return bytes(data)
+
+
+def test_a_colour_profile_is_applied_so_the_stored_pixels_are_srgb(session, settings):
+    picture = plain_picture(32, 16, (255, 0, 0))
+    picture.paste((0, 0, 255), (16, 0, 32, 16))
+    data = encode(picture, "JPEG", quality=95, icc_profile=swapped_primaries_icc())
+    image = store_image(session, data=data, settings=settings)
+    stored = open_image(settings, image)
+    assert image.format == "png" and "icc_profile" not in PIL.Image.open(image_path(settings, image)).info
+    assert close_to(stored.getpixel((4, 8)), (0, 255, 0), 12), stored.getpixel((4, 8))  # its red is sRGB green
+    assert close_to(stored.getpixel((28, 8)), (0, 0, 255), 12), stored.getpixel((28, 8))
+    assert decode_upload(data, settings=settings).tobytes() == stored.tobytes()  # the score tab sees the same
+
+
+def test_a_transparent_picture_with_a_profile_is_converted_then_composited(session, settings):
+    picture = rgba_picture("RGBA")
+    picture.paste((255, 0, 0, 255), (8, 0, 16, 16))
+    image = store_image(session, data=encode(picture, "PNG", icc_profile=swapped_primaries_icc()), settings=settings)
+    stored = open_image(settings, image)
+    assert close_to(stored.getpixel((2, 8)), (255, 255, 255), 2)
+    assert close_to(stored.getpixel((12, 8)), (0, 255, 0), 12), stored.getpixel((12, 8))
+
+
+@pytest.mark.parametrize("profile", [SRGB_ICC, b"not an ICC profile at all", SRGB_ICC[:200]],
+                         ids=["srgb", "garbage", "truncated"])
+def test_a_jpeg_tagged_srgb_or_with_an_unusable_profile_is_kept_byte_for_byte(profile, session, settings):
+    data = encode(noise_picture(40, 24), "JPEG", quality=85, icc_profile=profile)
+    assert PIL.Image.open(io.BytesIO(data)).info.get("icc_profile") == profile
+    image = store_image(session, data=data, settings=settings)
+    assert image.format == "jpeg" and image_path(settings, image).read_bytes() == data
+
+
+def test_a_profile_for_another_colour_space_than_the_pixels_is_ignored(session, settings):
+    data = encode(plain_picture(16, 16, 200, "L"), "JPEG", quality=95, icc_profile=swapped_primaries_icc())
+    stored = open_image(settings, store_image(session, data=data, settings=settings))
+    assert close_to(stored.getpixel((8, 8)), (200, 200, 200), 4)
 
 
 def sixteen_bit_gray() -> PIL.Image.Image:
