@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth import is_loopback
 from app.deps import Deps
+from app.heap import settle
 from storage.db import make_engine, session_factory, upgrade
 from storage.demo import ensure_demo_data
 from storage.models import User
@@ -79,7 +80,6 @@ def start_worker(settings: Settings) -> Any | None:
 
 def start_scoring(factory: sessionmaker[Session], settings: Settings) -> Any:
     """The started scoring service (it loads the active version in the background and follows promotions)."""
-    from app.heap import settle
     from app.scoring import ScoringService  # lazy: torch loads only once the store is ready
 
     service = ScoringService(factory, settings, after_swap=settle)
@@ -89,7 +89,6 @@ def start_scoring(factory: sessionmaker[Session], settings: Settings) -> Any:
 
 def serve(deps: Deps) -> None:
     """Build the page and serve it until interrupted."""
-    from app.heap import settle
     from app.serving import build_app, launch_options
     from app.ui import CSS, KEYBOARD_HEAD
 

@@ -10,7 +10,7 @@ part of a cycle. Each `settle()` therefore starts by unfreezing: whatever an ear
 by its collection. The app settles once before it serves and again after every model swap (the old model is then
 unreachable and collected; the new one joins the frozen heap). A model still held by an in-flight request at that
 moment is kept at most until the next swap. The cost is one full collection per swap (≈ 0.3 s, promotions only).
-Measurements: docs/app-performance.md ("The cycle collector").
+Measurements: docs/app-performance.md ("Third pass: the cycle collector and double submissions").
 """
 
 from __future__ import annotations

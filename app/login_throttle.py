@@ -3,9 +3,10 @@
 After `free_failures` failed attempts in a row for a name, that name must wait before its next attempt is even
 checked: `first_wait_s`, doubling with each further failure up to `max_wait_s`. A successful log-in clears the name.
 Attempts made while a name waits are refused without a password check (and do not lengthen the wait, so a
-guesser cannot keep the owner locked out longer than `max_wait_s` after they stop). Names are compared
-case-insensitively and trimmed, as the store's log-in compares them; at most `max_names` are remembered, oldest
-first out.
+guesser cannot keep the owner locked out longer than `max_wait_s` after they stop). Names are trimmed and
+case-folded, so variants of one name share a count (stricter than the store's exact match), and only their first
+`KEY_MAX_CHARS` characters are kept (longer than any name the store accepts; a flood of huge names stays small);
+at most `max_names` are remembered, oldest first out.
 
 The password hash (scrypt) costs tens of milliseconds of CPU and 16 MiB by design, so `app.auth` also runs at most
 `LOGIN_CHECKS_AT_ONCE` checks at a time: a flood of log-ins cannot take every worker thread or core from the
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 LOGIN_CHECKS_AT_ONCE = 2
+KEY_MAX_CHARS = 128
 
 
 @dataclass
@@ -50,7 +52,7 @@ class LoginThrottle:
 
     @staticmethod
     def _key(name: object) -> str:
-        return name.strip().lower() if isinstance(name, str) else repr(name)
+        return (name.strip().lower() if isinstance(name, str) else repr(name))[:KEY_MAX_CHARS]
 
     def wait_s(self, name: object) -> float:
         """Seconds before `name` may try again; 0 when an attempt may be checked now."""

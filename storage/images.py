@@ -23,11 +23,12 @@ the header, before the pixel check; its dimensions are capped at 16383² by the 
 Stored encoding: a JPEG or WebP that already decodes to RGB with no transparency and no EXIF rotation is
 kept byte for byte (also with an embedded colour profile that is sRGB in effect: it moves no channel more than
 `SRGB_TOLERANCE` levels); everything else (every PNG, CMYK/grayscale/palette JPEG, rotated photos, alpha, other
-colour profiles) is re-encoded as PNG of the normalised pixels. Lossless either way. Normalising applies the EXIF
-orientation, converts from an embedded ICC profile (RGB, RGBA, CMYK or gray) to sRGB with LittleCMS, scales 16-bit
-grayscale to 8 bits, composites transparency on white, and converts to RGB; the PNG carries no profile, so
-browsers (which read untagged pictures as sRGB) and the model see the same colours. A profile that cannot be used
-(damaged, or for another colour space than the pixels) is ignored, as browsers ignore it. The row's sha256, width, height, format and byte size describe
+colour profiles) is re-encoded as PNG of the normalised pixels: a JPEG or WebP is kept exactly when normalising
+leaves it as it is. Lossless either way. Normalising applies the EXIF orientation, converts from an embedded ICC
+profile (RGB, RGBA, CMYK or gray) to sRGB with LittleCMS, scales 16-bit grayscale to 8 bits, composites
+transparency on white, and converts to RGB; the PNG carries no profile, so browsers (which read untagged pictures
+as sRGB) and the model see the same colours. A profile that cannot be used (damaged, or for another colour space
+than the pixels) is ignored, as browsers ignore it. The row's sha256, width, height, format and byte size describe
 the stored bytes, which live at `<blob_dir>/<sha[:2]>/<sha>.<format>`; one row per distinct stored content.
 
 Blobs are written atomically (temp file in the same folder, fsync, `os.replace`) before the row is added, so
@@ -100,9 +101,9 @@ class ImageRejected(InvalidInput):
 def store_image(session: Session, *, data: bytes, settings: Settings) -> Image:
     """Validate, normalise and store an uploaded file; the same stored content twice returns one row."""
     fmt, picture = _validated(data, settings)
-    if _keep_as_is(picture, fmt):
-        return _store_payload(session, payload=data, fmt=fmt, size=picture.size, settings=settings)
     upright = _normalise(picture)
+    if upright is picture and fmt != "png":  # already opaque, upright sRGB: re-encoding would only grow it
+        return _store_payload(session, payload=data, fmt=fmt, size=picture.size, settings=settings)
     return _store_payload(session, payload=encode_png(upright), fmt="png", size=upright.size, settings=settings)
 
 
@@ -266,17 +267,6 @@ def _truncated_message(fmt: str) -> str:
 # --- normalisation ------------------------------------------------------------------------------------------
 
 
-def _keep_as_is(picture: PIL.Image.Image, fmt: str) -> bool:
-    """True for a JPEG or WebP that already decodes to opaque, upright sRGB (re-encoding would only grow it)."""
-    return (
-        fmt != "png"
-        and picture.mode == "RGB"
-        and not picture.has_transparency_data
-        and _is_upright(picture)
-        and _in_srgb(picture) is picture
-    )
-
-
 def _in_srgb(picture: PIL.Image.Image) -> PIL.Image.Image:
     """`picture` converted from its embedded colour profile to sRGB; `picture` itself when it has no profile, one
     that cannot be used (damaged, or of another colour space than the pixels), or one that is sRGB in effect."""
@@ -307,7 +297,7 @@ def _is_upright(picture: PIL.Image.Image) -> bool:
 
 def _normalise(picture: PIL.Image.Image) -> PIL.Image.Image:
     """Upright sRGB pixels: EXIF orientation and colour profile applied, 16-bit scaled to 8, transparency composited
-    on white."""
+    on white; `picture` itself when none of that changes anything."""
     if not _is_upright(picture):
         picture = ImageOps.exif_transpose(picture)
     picture = _in_srgb(picture)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections import Counter
 
 import pytest
 
@@ -17,7 +18,7 @@ def test_a_short_back_to_back_run_stores_every_vote_once_and_answers_each_double
         pytest.skip("PostgreSQL tests need JRM_TEST_POSTGRES_URL (CI sets it)")
     args = argparse.Namespace(postgres_url=url or "", seconds=4.0, tasks=6, double_every=3)
     result = app_load.run_case("this", app_load.REPO, app_load.Case(backend, 3, 0.0), args)
-    errors = sum((a.errors for a in result.annotators), app_load.Counter())
+    errors = sum((a.errors for a in result.annotators), Counter())
     assert not errors, errors
     assert result.check["stored"] > 0 and result.intact, result.check
     doubles = sum(a.doubles for a in result.annotators)

@@ -53,6 +53,15 @@ def test_names_are_throttled_as_the_store_compares_them_and_others_are_not():
     assert throttle.wait_s(None) == 0  # not text: remembered by its repr, never an error
 
 
+def test_a_huge_name_is_remembered_by_its_first_characters_only():
+    throttle = LoginThrottle(clock=Clock())
+    huge = "x" * 1_000_000
+    _fail(throttle, huge, 5)
+    assert throttle.wait_s(huge) > 0
+    assert throttle.wait_s(huge + "y") > 0, "names longer than any account name share one count by their prefix"
+    assert throttle.wait_s("x") == 0
+
+
 def test_only_the_most_recent_names_are_remembered():
     throttle = LoginThrottle(max_names=2, clock=Clock())
     for name in ("a", "b", "c"):

@@ -49,7 +49,7 @@ def test_first_start_seeds_the_demo_once_and_auth_needs_a_user_who_can_log_in(tm
 
 def test_the_scorer_of_python_m_app_settles_the_heap_after_each_model_swap(app_store, monkeypatch):
     settled = []
-    monkeypatch.setattr("app.heap.settle", lambda: settled.append(True))
+    monkeypatch.setattr("app.__main__.settle", lambda: settled.append(True))
     service = start_scoring(app_store.factory, app_store.settings)
     try:
         deadline = time.monotonic() + 60
