@@ -13,6 +13,10 @@ Requests (Gradio's worker threads) put one item per image into a queue; a single
 stamped with that model's version. A request whose scores came from two versions (a swap mid-request) is computed
 once more, so one answer never mixes versions.
 
+Each serving reference also keeps the version's promotion-gate floor verdict (`metrics["gate"]["passed_floor"]`,
+read with the version's row when it loads and on each poll, never per request) and every score carries it, so the app
+can tell whether the scores that came back are from a model that beat the floor.
+
 Candidate scores are cached per (version, candidate): in memory for the serving version and in the `scores`
 table (`registry.cached_scores` / `record_scores`), so a restarted app or another app process reuses them.
 DB sessions stay short and never span a model load or a forward: on SQLite every transaction takes the write lock.
@@ -27,9 +31,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import PIL.Image
 import torch
@@ -68,6 +72,16 @@ class ScoredItem:
     score: float
     version_id: int
     version_name: str
+    passed_floor: bool | None = None  # that version's floor verdict (`floor_verdict`); None: never checked
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """The version now serving: id, name and its floor verdict (`floor_verdict`)."""
+
+    version_id: int
+    name: str
+    passed_floor: bool | None
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,16 @@ class _Serving:
     version_id: int
     name: str
     model: Any
+    passed_floor: bool | None = None
+
+
+class _Target(NamedTuple):
+    """The active version as the DB has it: what to load, and its floor verdict."""
+
+    version_id: int
+    name: str
+    path: Path
+    passed_floor: bool | None
 
 
 @dataclass(frozen=True)
@@ -87,6 +111,14 @@ class _Item:
     edited: PIL.Image.Image
     instruction: str
     future: Future  # resolves to (score, _Serving)
+
+
+def floor_verdict(metrics: object) -> bool | None:
+    """`metrics["gate"]["passed_floor"]` of a version: True or False, or None when it has none (gated before the floor
+    existed, promoted by hand, or malformed)."""
+    gate = metrics.get("gate") if isinstance(metrics, dict) else None
+    verdict = gate.get("passed_floor") if isinstance(gate, dict) else None
+    return verdict if isinstance(verdict, bool) else None
 
 
 def default_device() -> str:
@@ -179,33 +211,51 @@ class ScoringService:
         serving = self._serving
         return None if serving is None else (serving.version_id, serving.name)
 
+    @property
+    def served(self) -> ServedVersion | None:
+        """The version now serving with its floor verdict; None before the first load. Answers from memory."""
+        serving = self._serving
+        return None if serving is None else ServedVersion(serving.version_id, serving.name, serving.passed_floor)
+
     def refresh(self) -> bool:
         """Check the active version once and load it if it changed; True when the serving model was swapped."""
         with self._refresh_lock:
             target = self._active_target()
-            if target is None or not self._should_load(target[0]):
+            if target is None:
                 return False
-            version_id, name, path = target
+            self._update_verdict(target)
+            if not self._should_load(target.version_id):
+                return False
             try:
-                verify_version_files(path)
-                model = self._loader(path, device=self._device)
+                verify_version_files(target.path)
+                model = self._loader(target.path, device=self._device)
             except Exception as exc:  # noqa: BLE001 - any load failure: keep serving the previous model
-                self._record_failure(version_id, name, exc)
+                self._record_failure(target.version_id, target.name, exc)
                 return False
-            self._swap(_Serving(version_id, name, model))
+            self._swap(_Serving(target.version_id, target.name, model, target.passed_floor))
             return True
 
-    def _active_target(self) -> tuple[int, str, Path] | None:
-        """(id, name, folder) of the active version, read in a short session (never held during a load)."""
+    def _active_target(self) -> _Target | None:
+        """The active version's id, name, folder and floor verdict, read in a short session (never held during a
+        load)."""
         with self._factory() as session:
             version = active_version(session)
             if version is None:
                 return None
             try:
-                return version.id, version.name, version_dir(self._settings, version)
+                path = version_dir(self._settings, version)
+                return _Target(version.id, version.name, path, floor_verdict(version.metrics))
             except InvalidInput as exc:  # a malformed path in the row
                 self._record_failure(version.id, version.name, exc)
                 return None
+
+    def _update_verdict(self, target: _Target) -> None:
+        """The serving version's floor verdict as the DB has it now (a version gated again), without a reload."""
+        with self._swap_lock:
+            serving = self._serving
+            same_version = serving is not None and serving.version_id == target.version_id
+            if same_version and serving.passed_floor != target.passed_floor:
+                self._serving = replace(serving, passed_floor=target.passed_floor)
 
     def _should_load(self, version_id: int) -> bool:
         serving, failed = self._serving, self._failed
@@ -286,7 +336,7 @@ class ScoringService:
                 stored = cached_scores(session, version_id=serving.version_id, candidate_ids=rest)
             scores.update(stored)
             self._remember_in_memory(serving.version_id, stored)
-        return {i: ScoredItem(i, score, serving.version_id, serving.name) for i, score in scores.items()}
+        return {i: _stamp(i, score, serving) for i, score in scores.items()}
 
     def _compute(self, ids: list[int]) -> dict[int, ScoredItem]:
         """Run missing candidates through the batching queue, then cache what came back."""
@@ -433,7 +483,7 @@ def _single_version(compute: Callable[[], Any]) -> Any:
 
 
 def _stamp(candidate_id: int | None, score: float, serving: _Serving) -> ScoredItem:
-    return ScoredItem(candidate_id, float(score), serving.version_id, serving.name)
+    return ScoredItem(candidate_id, float(score), serving.version_id, serving.name, serving.passed_floor)
 
 
 def _set_result(future: Future, value: Any) -> None:
@@ -512,4 +562,13 @@ def _check_upload_images(source: Any, edited: Any, settings: Settings) -> None:
             )
 
 
-__all__ = ["MAX_UPLOAD_EDITS", "NoScorerYet", "ScoredItem", "ScoringService", "default_device", "load_for_serving"]
+__all__ = [
+    "MAX_UPLOAD_EDITS",
+    "NoScorerYet",
+    "ScoredItem",
+    "ServedVersion",
+    "ScoringService",
+    "default_device",
+    "floor_verdict",
+    "load_for_serving",
+]

@@ -1,8 +1,8 @@
 """The Gradio page: layout and wiring only. Handlers live in `app.handlers` and get `deps` bound here.
 
 Every event carries a deliberate `api_name`: the API ones are public so `gradio_client` can call them, the
-browser-only ones (vote buttons, form reset, score reveal, page load) are private. Every research and admin
-endpoint checks the caller's role itself, so calling them directly grants nothing the page does not.
+browser-only ones (vote buttons, form reset, score reveal, example clicks, page load) are private. Every research and
+admin endpoint checks the caller's role itself, so calling them directly grants nothing the page does not.
 """
 
 from __future__ import annotations
@@ -180,12 +180,22 @@ def _score_tab(deps: Deps) -> None:
             contribute = gr.Checkbox(label="I agree that these images and the instruction may be stored and "
                                            "shown to annotators as a new task", value=False)
             go = gr.Button("Score", variant="primary", elem_id="score-go")
+            _score_examples([source, instruction, edits])
         with gr.Column():
             status = gr.HTML(elem_id="score-status")
             table = gr.Dataframe(headers=score.RESULT_COLUMNS, interactive=False, elem_id="score-table")
             gallery = gr.Gallery(label="Ranked edits", columns=4, height="auto")
     go.click(bind(score.score_edits, deps), inputs=[source, instruction, edits, contribute],
              outputs=[table, gallery, status], api_name="score", concurrency_id=HEAVY, concurrency_limit=HEAVY_LIMIT)
+
+
+def _score_examples(inputs: list[gr.components.Component]) -> None:
+    """Clickable examples (photos the model never saw in pretraining): a click fills the inputs, then press Score."""
+    examples = score.load_examples()
+    if examples:
+        gr.Examples([example.inputs() for example in examples], inputs=inputs, label="Examples: click one, then Score",
+                    example_labels=[example.label for example in examples], cache_examples=False,
+                    elem_id="score-examples", api_name="load_score_example", api_visibility="private")
 
 
 def _leaderboard_tab(deps: Deps, tab: gr.Tab) -> None:
@@ -204,8 +214,10 @@ def _research_tab(deps: Deps, tab: gr.Tab) -> gr.Timer:
     with gr.Row():
         lm_weight = gr.Number(0.5, label="λ (rationale LM weight; 0 = discriminative baseline)", minimum=0)
         epochs = gr.Number(3, label="Epochs", precision=0, minimum=1)
-        backbone = gr.Dropdown(research.BACKBONES, value="tiny", label="Backbone (preset, hub id or folder)",
-                               allow_custom_value=True)
+        backbone = gr.Dropdown(
+            research.BACKBONES, value=research.BACKBONES[0], label="Backbone (preset, hub id or folder)",
+            allow_custom_value=True,
+        )
         max_steps = gr.Number(0, label="Max steps (0: every epoch)", precision=0, minimum=0, elem_id="max-steps")
     retrain = gr.Button("Train a new version", variant="primary", elem_id="retrain")
     retrain_status = gr.HTML(elem_id="retrain-status")

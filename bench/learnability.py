@@ -48,7 +48,9 @@ from accelerate.utils import set_seed  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from storage.demo_edits import DemoCandidate, demo_task, demo_votes, mean_abs_diff, sim_annotators  # noqa: E402
+from storage.demo_edits import DemoCandidate, demo_task  # noqa: E402
+from storage.demo_photos import mean_abs_diff  # noqa: E402
+from storage.demo_votes import demo_votes, sim_annotators  # noqa: E402
 from storage.images import encode_png  # noqa: E402
 from trainer.backbones import Backbone, build_tiny_llava  # noqa: E402
 from trainer.data import HELDOUT, TRAIN, eval_pairs, split_of, task_key  # noqa: E402

@@ -50,7 +50,8 @@ from PIL import Image  # noqa: E402
 from transformers import AutoProcessor, ProcessorMixin  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from storage.demo_edits import demo_task, write_rationale  # noqa: E402
+from storage.demo_edits import demo_task  # noqa: E402
+from storage.demo_votes import write_rationale  # noqa: E402
 from trainer.backbones import Backbone, load_backbone  # noqa: E402
 from trainer.losses import joint_loss  # noqa: E402
 from trainer.model import JointRewardModel, JRMConfig  # noqa: E402
@@ -84,7 +85,9 @@ def demo_pairs(n: int) -> list[PairInput]:
         task = demo_task(0, index)
         left, right = task.candidates[0], task.candidates[1]
         rng = random.Random(index)
-        rationale = write_rationale("left", noisy=False, left=left, right=right, instruction=task.instruction, rng=rng)
+        rationale = write_rationale(
+            "left", noisy=False, left=left, right=right, instruction=task.instruction, source=task.source, rng=rng
+        )
         pairs.append(PairInput(task.source, left.image, right.image, task.instruction, rationale))
     return pairs
 

@@ -1,4 +1,4 @@
-"""Write the demo dataset (`storage.demo_edits`) into the store: the app's first-run data.
+"""Write the demo dataset (`storage.demo_edits`, `storage.demo_votes`) into the store: the app's first-run data.
 
 Tasks have origin "demo", category = the edit kind and external id `demo-<seed>-<index>`; candidates keep their
 flaw and quality in `Candidate.extra`; votes come from simulated annotators (`sim-annotator-N`, no password)
@@ -20,7 +20,9 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import transaction
-from storage.demo_edits import DEFAULT_SIZE, DemoTask, SimAnnotator, demo_task, demo_votes, sim_annotators
+from storage.demo_edits import DemoTask, demo_task
+from storage.demo_photos import DEFAULT_SIZE
+from storage.demo_votes import SimAnnotator, demo_votes, sim_annotators
 from storage.errors import InvalidInput
 from storage.images import store_pil_image
 from storage.models import Task, User

@@ -1,4 +1,4 @@
-"""`python -m trainer train | evaluate | score`: train a version, evaluate one, score an edit.
+"""`python -m trainer train | evaluate | score | pretrain`: train a version, evaluate one, score an edit, pretrain.
 
 Bad input (an unknown version, missing files, a negative λ, no version yet) prints one line `error: …` and exits
 with status 2; a training run that fails exits with 1 after recording the error on its row. See docs/training.md.
@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="Train a model version on the store's votes (a new run, or --run-id).")
     _database_option(train)
     train.add_argument("--run-id", type=_positive_int, help="Run this queued run (its params come from its row).")
-    train.add_argument("--backbone", help="Tiny preset ('tiny', 'tiny-idefics3'), hub id or local folder.")
+    train.add_argument(
+        "--backbone", help="Preset ('tiny-edit' default, 'tiny', 'tiny-idefics3'), hub id or local folder."
+    )
     train.add_argument("--lm-weight", type=_number, help="λ in L = L_pref + λ·L_lm (0: discriminative baseline).")
     train.add_argument("--epochs", type=_positive_int, help="Passes over the training votes.")
     train.add_argument("--max-steps", type=_positive_int, help="Stop after this many optimizer steps.")
@@ -69,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("source", type=Path, help="The source image file.")
     score.add_argument("edited", type=Path, help="The edited image file.")
     score.add_argument("--instruction", required=True, help="The edit instruction.")
+
+    pretrain = commands.add_parser("pretrain", help="Build the tiny-edit preset from scratch on generated edits.")
+    pretrain.add_argument("--out", type=Path, required=True, help="Folder for the preset (checkpoints in .work).")
+    pretrain.add_argument("--steps", type=_positive_int, help="Optimizer steps (default: the recipe's).")
+    pretrain.add_argument("--seed", type=int, help="Seed of the init and of the task stream (default 0).")
+    pretrain.add_argument("--resume", action="store_true", help="Go on from the checkpoint in --out.")
+    pretrain.add_argument("--checkpoint-every", type=_positive_int, help="Steps between checkpoints (default 250).")
+    pretrain.add_argument("--tasks-per-step", type=_positive_int, help="Tasks per step (default 4).")
     return parser
 
 
@@ -151,8 +161,9 @@ def command_train(args: argparse.Namespace) -> int:
                 "run_id": run_id,
                 "version": version.name,
                 "status": version.status,
-                "reason": version.reason,
+                "reason": version.reason,  # the gate's reason (or a researcher's, after a manual promotion)
                 "heldout_accuracy": (version.metrics or {}).get("heldout_accuracy"),
+                "gate": (version.metrics or {}).get("gate"),  # None with --no-promote: the gate did not run
             }
         )
     return 0
@@ -258,7 +269,34 @@ def command_score(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": command_train, "evaluate": command_evaluate, "score": command_score}
+def command_pretrain(args: argparse.Namespace) -> int:
+    """Pretrain the tiny-edit preset into --out and print its manifest's summary."""
+    import shlex
+
+    import torch
+
+    from storage.settings import load_settings
+    from trainer.pretrain.config import PretrainConfig
+    from trainer.pretrain.recipe import pretrain
+
+    torch.set_num_threads(load_settings().torch_threads)
+    names = ("steps", "seed", "checkpoint_every", "tasks_per_step")
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    try:
+        config = PretrainConfig(**overrides)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    command = "python -m trainer " + shlex.join(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else ["pretrain"])
+    try:
+        manifest = pretrain(config, args.out, resume=args.resume, command=command)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    summary = {k: manifest[k] for k in ("preset", "steps", "wall_s", "recipe_sha256")}
+    _print_json({**summary, "out": str(args.out), "probes": manifest["metrics"]["probes"][-1:]})
+    return 0
+
+
+COMMANDS = {"train": command_train, "evaluate": command_evaluate, "score": command_score, "pretrain": command_pretrain}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,19 +1,22 @@
-"""Vision-language backbones: any `AutoModelForImageTextToText` checkpoint, or a built-in offline tiny preset.
+"""Vision-language backbones: any `AutoModelForImageTextToText` checkpoint, or a built-in offline preset.
 
-The tiny presets ("tiny": LLaVA, "tiny-idefics3": Idefics3) are random-init models with a byte-level BPE
-tokenizer trained here on a generated corpus. They are built once per seed, saved with `save_pretrained`, and
-then loaded through the same `from_pretrained` path as a downloaded checkpoint, so tests exercise real code.
+`tiny-edit` (the default) is a tiny LLaVA pretrained by the project on generated edits and shipped in
+trainer/presets/tiny-edit with its reward head (trainer/pretrain, docs/training.md). The random-init tiny presets
+("tiny": LLaVA, "tiny-idefics3": Idefics3) have a byte-level BPE tokenizer trained here on a generated corpus;
+they are built once per seed, saved with `save_pretrained`, and then loaded through the same `from_pretrained`
+path as a downloaded checkpoint, so tests exercise real code; they stay for fast tests and ablations.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +40,9 @@ from transformers import (
     PreTrainedTokenizerFast,
     ProcessorMixin,
 )
+
+from trainer.edit_view import wrap_if_marked
+from trainer.presets import PRESET_NAME, REWARD_HEAD_FILE, check_preset, preset_dir
 
 TINY_FORMAT = 1  # bump when a preset's architecture or tokenizer changes, so stale caches are rebuilt
 TINY_SEED = 0
@@ -67,6 +73,7 @@ class Backbone:
     name: str
     image_size: int
     is_tiny: bool
+    reward_head: Path | None = None  # a shipped preset's pretrained reward head (safetensors), if it has one
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -214,8 +221,10 @@ def tiny_corpus(seed: int = TINY_SEED, n_sentences: int = 6000) -> Iterator[str]
             yield " ".join(words).capitalize() + ". " + rng.choice(_GENERIC).strip()
 
 
-def train_tiny_tokenizer(seed: int = TINY_SEED, vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on `tiny_corpus(seed)`; deterministic for a seed."""
+def train_tiny_tokenizer(
+    seed: int = TINY_SEED, vocab_size: int = TINY_VOCAB_SIZE, *, extra_corpus: Iterable[str] = ()
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `tiny_corpus(seed)` (and `extra_corpus`); deterministic for a seed."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -226,7 +235,7 @@ def train_tiny_tokenizer(seed: int = TINY_SEED, vocab_size: int = TINY_VOCAB_SIZ
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(tiny_corpus(seed), trainer)
+    tokenizer.train_from_iterator(itertools.chain(tiny_corpus(seed), extra_corpus), trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token="<pad>",
@@ -265,13 +274,14 @@ def build_tiny_llava(
     patch_size: int = 16,
     vision_layers: int = 2,
     text_layers: int = 2,
+    tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """A random-init LLaVA (CLIP vision 112 px / patch 16 + 2-layer Llama) and its processor.
 
-    The keywords build variants of the preset for experiments (bench/learnability.py); the `tiny` preset itself
-    is always built with the defaults.
+    The keywords build variants of the preset: for experiments (bench/learnability.py) and for the pretrained
+    `tiny-edit` (trainer/pretrain); the `tiny` preset itself is always built with the defaults.
     """
-    tokenizer = train_tiny_tokenizer(seed)
+    tokenizer = tokenizer or train_tiny_tokenizer(seed)
     vision = CLIPVisionConfig(
         hidden_size=64,
         intermediate_size=128,
@@ -336,6 +346,8 @@ TINY_PRESETS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorMixin]]]
     "tiny": build_tiny_llava,
     "tiny-idefics3": build_tiny_idefics3,
 }
+# Pretrained by the project (`python -m trainer pretrain`) and shipped in trainer/presets/<name>.
+SHIPPED_PRESETS = (PRESET_NAME,)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -396,22 +408,43 @@ def _publish(staging: Path, target: Path) -> None:
 def load_backbone(
     name_or_path: str = "tiny", *, cache_dir: str | Path | None = None, dtype: torch.dtype | None = None
 ) -> Backbone:
-    """Load an image-text-to-text model and its processor: a tiny preset name, a hub id or a local folder."""
-    is_tiny = name_or_path in TINY_PRESETS
-    if is_tiny:
+    """Load an image-text-to-text model and its processor: a preset name, a hub id or a local folder.
+
+    Presets are the random-init tiny ones (built into `cache_dir` on first use) and the shipped pretrained ones
+    (`trainer/presets/<name>`, checked against their manifest first).
+    """
+    is_tiny = name_or_path in TINY_PRESETS or name_or_path in SHIPPED_PRESETS
+    head = None
+    if name_or_path in SHIPPED_PRESETS:
+        folder = preset_dir(name_or_path)
+        check_preset(folder)
+        source, hub_cache, head = str(folder), None, folder / REWARD_HEAD_FILE
+    elif is_tiny:
         source, hub_cache = str(ensure_tiny_preset(name_or_path, cache_dir)), None
     else:
         source, hub_cache = name_or_path, (str(cache_dir) if cache_dir is not None else None)
     try:
         model = AutoModelForImageTextToText.from_pretrained(source, cache_dir=hub_cache, dtype=dtype)
-        processor = AutoProcessor.from_pretrained(source, cache_dir=hub_cache)
+        processor = wrap_if_marked(AutoProcessor.from_pretrained(source, cache_dir=hub_cache), source)
     except (OSError, ValueError) as exc:
         raise ValueError(
             f"Could not load backbone {name_or_path!r} as an image-text-to-text model ({exc}). Use a tiny preset "
-            f"({', '.join(sorted(TINY_PRESETS))}), a local folder saved with save_pretrained, or a hub id that is "
+            f"({', '.join(preset_names())}), a local folder saved with save_pretrained, or a hub id that is "
             "already in the cache (this machine may be offline)."
         ) from exc
-    return Backbone(model=model, processor=processor, name=name_or_path, image_size=_image_size(model), is_tiny=is_tiny)
+    return Backbone(
+        model=model,
+        processor=processor,
+        name=name_or_path,
+        image_size=_image_size(model),
+        is_tiny=is_tiny,
+        reward_head=head if head is not None and head.exists() else None,
+    )
+
+
+def preset_names() -> list[str]:
+    """Every backbone name that needs no download: the shipped pretrained presets and the random-init ones."""
+    return [*SHIPPED_PRESETS, *TINY_PRESETS]
 
 
 def _image_size(model: PreTrainedModel) -> int:

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from storage.demo_edits import EDIT_KINDS, FLAWS, EditSpec, phrase_instruction
+from storage.demo_edits import FLAWS
+from storage.demo_kinds import EDIT_KINDS, EditSpec, phrase_instruction
 from trainer.metrics import LABELS, CandidateGroup, evaluation_report
 from trainer.model import JointRewardModel
 from trainer.prompting import build_example, collate
@@ -283,6 +284,13 @@ def evaluate_pairs(
     if not pairs:
         raise ValueError("evaluate_pairs needs at least one pair; the held-out split is empty.")
     scores = score_pairs(model, pairs, batch_size=batch_size, instruction_swap=instruction_swap)
+    return report_scores(scores, pairs, instruction_swap=instruction_swap, n_bootstrap=n_bootstrap, seed=seed)
+
+
+def report_scores(
+    scores: PairScores, pairs: list[EvalPair], *, instruction_swap: bool = True, n_bootstrap: int = 1000, seed: int = 0
+) -> dict:
+    """`evaluate_pairs`'s report from scores already computed (the promotion gate reuses the same scores)."""
     report = evaluation_report(
         scores.delta,
         [pair.label for pair in pairs],

@@ -352,7 +352,49 @@ def _resampler(n: int, clusters: Sequence[Hashable] | None, rng: np.random.Gener
     return draw
 
 
-# --- 8. the report ---------------------------------------------------------------------------------------------
+# --- 8. paired comparisons on the same votes (the promotion gate) ---------------------------------------------
+
+
+def strict_agreement(delta: Any, labels: Sequence[str]) -> np.ndarray:
+    """Per strict vote, in order (ties and both_bad left out): 1 if Δ sides with the human, ½ if Δ = 0, else 0."""
+    d, s = _check_votes(delta, labels)
+    strict = s != 0
+    return _agreement(d[strict], s[strict])
+
+
+def paired_task_bootstrap(
+    agreements: Mapping[str, Any], task_ids: Sequence[Hashable], *, n_resamples: int = 2000, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Accuracies of several scorers on the same bootstrap resamples of tasks: name → (B,) accuracies.
+
+    `agreements[name]` holds one value per vote (1, ½ or 0, as `strict_agreement` gives), all in the order of
+    `task_ids`. A resample draws as many tasks as there are, with replacement, and keeps every vote of each drawn
+    task; all scorers see the same draws, so a difference of their accuracies stays paired vote by vote.
+    """
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    _, task_of = np.unique(np.asarray(task_ids), return_inverse=True)
+    votes = np.bincount(task_of).astype(np.float64)  # (T,) votes per task
+    sums = {}
+    for name, values in agreements.items():
+        a = np.asarray(values, dtype=np.float64)
+        if a.shape != (len(task_of),):
+            raise ValueError(f"{name} has {a.size} agreements but there are {len(task_of)} task ids; pass one per vote")
+        sums[name] = np.bincount(task_of, weights=a, minlength=len(votes))  # (T,) agreements per task
+    if len(votes) == 0:
+        return {name: np.full(n_resamples, math.nan) for name in sums}
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // len(votes))  # bounds the (chunk, T) index matrix to ≈ 16 MB
+    out: dict[str, list[np.ndarray]] = {name: [] for name in sums}
+    for start in range(0, n_resamples, chunk):
+        drawn = rng.integers(0, len(votes), (min(chunk, n_resamples - start), len(votes)))  # (b, T) task indices
+        denominator = votes[drawn].sum(axis=1)  # (b,) >= 1: every task has a vote
+        for name, per_task in sums.items():
+            out[name].append(per_task[drawn].sum(axis=1) / denominator)
+    return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+# --- 9. the report ---------------------------------------------------------------------------------------------
 
 
 def evaluation_report(

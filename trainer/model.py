@@ -33,7 +33,10 @@ def _help(text: str, **kwargs):
 class JRMConfig:
     """Architecture and objective of a joint reward model (saved with every checkpoint)."""
 
-    backbone: str = _help("Tiny preset name ('tiny', 'tiny-idefics3'), hub id or local folder.", default="tiny")
+    backbone: str = _help(
+        "Preset name ('tiny-edit': pretrained, the default; 'tiny', 'tiny-idefics3': random init), hub id or folder.",
+        default="tiny",
+    )
     lm_weight: float = _help("λ in L = L_pref + λ·L_lm; 0 is the discriminative baseline.", default=0.5)
     tie_nu: float = _help(
         "Davidson tie parameter ν >= 0 for tie / both-bad votes (0: plain Bradley–Terry).", default=1.0
@@ -127,8 +130,12 @@ class JointRewardModel(nn.Module):
     def from_config(
         cls, config: JRMConfig, *, cache_dir: str | Path | None = None, dtype: torch.dtype | None = None
     ) -> JointRewardModel:
-        """Load `config.backbone`, add a fresh reward head, and LoRA adapters when `finetune == 'lora'`."""
-        model = cls(load_backbone(config.backbone, cache_dir=cache_dir, dtype=dtype), config)
+        """Load `config.backbone` with a reward head (a preset's pretrained one when it fits, else fresh), and
+        LoRA adapters when `finetune == 'lora'`."""
+        backbone = load_backbone(config.backbone, cache_dir=cache_dir, dtype=dtype)
+        model = cls(backbone, config)
+        if backbone.reward_head is not None:
+            model.start_from_pretrained_head(backbone.reward_head)
         if config.finetune == "lora":
             apply_lora(
                 model,
@@ -138,6 +145,17 @@ class JointRewardModel(nn.Module):
                 dropout=config.lora_dropout,
             )
         return model
+
+    def start_from_pretrained_head(self, path: Path) -> bool:
+        """Load a preset's pretrained reward head when its shape matches this config's; whether it did."""
+        state = load_file(path)
+        own = self.reward_head.state_dict()
+        if self.jrm_config.head_activation != "gelu" or {k: v.shape for k, v in state.items()} != {
+            k: v.shape for k, v in own.items()
+        }:
+            return False  # another head shape or activation: start fresh, as for any backbone
+        self.reward_head.load_state_dict(state)
+        return True
 
     @property
     def hidden_size(self) -> int:

@@ -2,9 +2,11 @@
 
 `create_run` validates the parameters and queues a row; `run_training_job` runs it: marks it running, snapshots
 the votes (or reuses the run's saved snapshot, so a re-run trains on the same data), trains with progress and a
-heartbeat written to the row, evaluates on the held-out split, publishes the version and applies the promotion
-gate, and marks the run succeeded or failed with the error. Under `accelerate launch` every process trains and
-only the main one touches the database and the registry. The worker runs `python -m trainer train --run-id N`.
+heartbeat written to the row, evaluates on the held-out split, measures the promotion gate (the candidate, the
+active version and the pixel-rule floor on those same held-out votes, with no transaction open), publishes the
+version and applies the gate's decision, and marks the run succeeded or failed with the error. Under
+`accelerate launch` every process trains and only the main one touches the database and the registry. The worker
+runs `python -m trainer train --run-id N`.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 from accelerate import PartialState
 from accelerate.utils import set_seed
 from sqlalchemy import update
@@ -40,16 +44,22 @@ from trainer.data import (
     save_snapshot,
     vote_rows,
 )
+from trainer.gate import DEFAULT_TOLERANCE, GateConfig, GateDecision
 from trainer.model import JointRewardModel, JRMConfig
 from trainer.train import ProgressEvent, TrainConfig, train
 
+if TYPE_CHECKING:
+    from trainer.evaluate import EvalPair
+    from trainer.registry import StagedVersion
+
 log = logging.getLogger(__name__)
 
-DEFAULT_PROMOTION_TOLERANCE = 0.01
+DEFAULT_PROMOTION_TOLERANCE = DEFAULT_TOLERANCE
 PROGRESS_INTERVAL_S = 2.0  # the row is written at most this often while training
 HEARTBEAT_INTERVAL_S = 10.0  # …and its heartbeat at least this often, also while a slow step or the evaluation runs
 MAX_ERROR_CHARS = 4000
-RUN_KEYS = ("promotion_tolerance", "promote")  # params that belong to the run, not to a config
+RUN_KEYS = ("promotion_tolerance", "promote", "gate_floor")  # params that belong to the run, not to a config
+GATE_ATTEMPTS = 3  # measurements of the gate when the active version keeps changing under it; then a rejection
 SNAPSHOT_STAGING_PREFIX = ".snapshot-tmp-"  # a snapshot being written, beside the run's `snapshot` folder
 
 
@@ -65,6 +75,7 @@ class RunParams:
     train: TrainConfig
     promotion_tolerance: float = DEFAULT_PROMOTION_TOLERANCE
     promote: bool = True
+    gate_floor: bool = True  # false: the gate skips its size and floor checks (tests, a researcher's own call)
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting, defaults included (what the run row records)."""
@@ -73,11 +84,13 @@ class RunParams:
             **self.train.to_dict(),
             "promotion_tolerance": self.promotion_tolerance,
             "promote": self.promote,
+            "gate_floor": self.gate_floor,
         }
 
 
 def parse_params(params: Any) -> RunParams:
-    """Validate a run's `params` JSON (JRMConfig and TrainConfig fields, `promotion_tolerance`, `promote`)."""
+    """Validate a run's `params` JSON (JRMConfig and TrainConfig fields, `promotion_tolerance`, `promote`,
+    `gate_floor`)."""
     if not isinstance(params, dict):
         raise InvalidInput(f"params must be a JSON object, got {type(params).__name__}.")
     jrm_keys = {f.name for f in fields(JRMConfig)}
@@ -89,9 +102,13 @@ def parse_params(params: Any) -> RunParams:
     tolerance = params.get("promotion_tolerance", DEFAULT_PROMOTION_TOLERANCE)
     if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not 0 <= tolerance < 1:
         raise InvalidInput(f"promotion_tolerance must be a number in [0, 1), e.g. 0.01; got {tolerance!r}.")
-    promote = params.get("promote", True)
+    promote, gate_floor = params.get("promote", True), params.get("gate_floor", True)
     if not isinstance(promote, bool):
         raise InvalidInput(f"promote must be true or false, got {promote!r}.")
+    if not isinstance(gate_floor, bool):
+        raise InvalidInput(
+            f"gate_floor must be true or false (false skips the gate's floor check), got {gate_floor!r}."
+        )
     try:
         _check_types(JRMConfig, params)
         _check_types(TrainConfig, params)
@@ -99,7 +116,9 @@ def parse_params(params: Any) -> RunParams:
         config = TrainConfig(**{k: v for k, v in params.items() if k in train_keys})
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"Invalid training parameters: {exc}") from None
-    return RunParams(jrm=jrm, train=config, promotion_tolerance=float(tolerance), promote=promote)
+    return RunParams(
+        jrm=jrm, train=config, promotion_tolerance=float(tolerance), promote=promote, gate_floor=gate_floor
+    )
 
 
 def _check_types(cls: type, params: dict[str, Any]) -> None:
@@ -296,15 +315,26 @@ def _check_splits(snapshot: Snapshot) -> None:
         )
 
 
-def evaluate_heldout(model: JointRewardModel, snapshot: Snapshot) -> dict[str, Any]:
-    """`trainer.evaluate`'s report on the held-out split, with the split sizes; `heldout_accuracy` None if empty."""
-    from trainer.evaluate import evaluate_pairs
+class HeldoutEvaluation(NamedTuple):
+    """The held-out report (the run's and the version's `metrics`) and what the gate reuses: pairs and Δ."""
 
-    heldout = snapshot.split(HELDOUT)
+    metrics: dict[str, Any]
+    pairs: list[EvalPair]
+    delta: np.ndarray  # (P,) the candidate's r(left) − r(right) per held-out pair
+
+
+def evaluate_heldout(model: JointRewardModel, snapshot: Snapshot) -> HeldoutEvaluation:
+    """`trainer.evaluate`'s report on the held-out split, with the split sizes; `heldout_accuracy` None if empty."""
+    from trainer.evaluate import report_scores, score_pairs
+
+    pairs = eval_pairs(snapshot.split(HELDOUT), cache=ImageCache())
     report: dict[str, Any] = {"heldout_accuracy": None}
-    if len(heldout):
-        report = evaluate_pairs(model, eval_pairs(heldout, cache=ImageCache()))
-    return {**report, **snapshot.counts(), "snapshot_fingerprint": snapshot.fingerprint}
+    delta = np.zeros(0)
+    if pairs:  # scored once: the report and the gate read the same Δ
+        scores = score_pairs(model, pairs)
+        report, delta = report_scores(scores, pairs), scores.delta
+    metrics = {**report, **snapshot.counts(), "snapshot_fingerprint": snapshot.fingerprint}
+    return HeldoutEvaluation(metrics, pairs, delta)
 
 
 def run_training_job(factory: sessionmaker[Session], *, run_id: int, settings: Settings) -> ModelVersion | None:
@@ -321,14 +351,14 @@ def run_training_job(factory: sessionmaker[Session], *, run_id: int, settings: S
             _check_splits(snapshot)
             model = _train_model(params, snapshot, settings, reporter)
             state.wait_for_everyone()
-            metrics = evaluate_heldout(model, snapshot)
+            evaluation = evaluate_heldout(model, snapshot)
             version = _publish(
                 factory,
                 run_id=run_id,
                 model=model,
                 params=params,
                 snapshot=snapshot,
-                metrics=metrics,
+                evaluation=evaluation,
                 settings=settings,
             )
     except BaseException as exc:
@@ -359,6 +389,26 @@ def _train_model(
     return model
 
 
+def _gate_config(params: RunParams) -> GateConfig:
+    return GateConfig(tolerance=params.promotion_tolerance, require_floor=params.gate_floor)
+
+
+def _gate_measurement(
+    factory: sessionmaker[Session],
+    *,
+    model: JointRewardModel,
+    params: RunParams,
+    evaluation: HeldoutEvaluation,
+    settings: Settings,
+) -> Callable[[], GateDecision]:
+    """A function that measures the gate on the run's held-out votes (slow: call it with no transaction open)."""
+    from trainer.judge import HeldoutVotes, judge
+
+    votes = HeldoutVotes.of(evaluation.pairs, evaluation.delta)  # the candidate and the pixel rules: once
+    config, device = _gate_config(params), str(model.device)
+    return lambda: judge(votes, factory, settings=settings, config=config, device=device)
+
+
 def _publish(
     factory: sessionmaker[Session],
     *,
@@ -366,15 +416,22 @@ def _publish(
     model: JointRewardModel,
     params: RunParams,
     snapshot: Snapshot,
-    metrics: dict[str, Any],
+    evaluation: HeldoutEvaluation,
     settings: Settings,
 ) -> ModelVersion:
-    """Save the model with no transaction open, then publish, gate and mark the run succeeded in one short one.
+    """Measure the gate and save the model with no transaction open, then publish, apply the gate's decision and
+    mark the run succeeded in one short one.
 
-    A run that stopped being `running` meanwhile (cancelled) publishes nothing: its staged files are removed.
+    A run that stopped being `running` meanwhile (cancelled) publishes nothing: its staged files are removed. When the
+    active version changes between the measurement and the transaction, the gate is measured again (outside it), up
+    to GATE_ATTEMPTS times; then the version is rejected with that reason.
     """
-    from trainer.registry import add_version, apply_promotion_gate, stage_version
+    from trainer.registry import ActiveChanged, stage_version
 
+    measure, decision = None, None
+    if params.promote:
+        measure = _gate_measurement(factory, model=model, params=params, evaluation=evaluation, settings=settings)
+        decision = measure()
     config = {
         "jrm": params.jrm.to_dict(),
         "train": params.train.to_dict(),
@@ -382,20 +439,49 @@ def _publish(
         "vote_watermark": snapshot.watermark,
     }
     staging = stage_version(
-        save=model.save, settings=settings, backbone=params.jrm.backbone, config=config, metrics=metrics
+        save=model.save, settings=settings, backbone=params.jrm.backbone, config=config, metrics=evaluation.metrics
     )
-    with staging as staged, transaction(factory) as session:
+    with staging as staged:
+        for attempt in range(1, GATE_ATTEMPTS + 1):
+            try:
+                return _commit(factory, run_id=run_id, staged=staged, decision=decision, settings=settings)
+            except ActiveChanged as exc:
+                assert measure is not None and decision is not None
+                log.info("run %s, gate attempt %d: %s", run_id, attempt, exc)
+                if attempt < GATE_ATTEMPTS:
+                    decision = measure()
+                else:
+                    decision = decision.overruled(
+                        f"{str(exc).rstrip('.')}, {GATE_ATTEMPTS} times in a row; train again or promote by hand"
+                    )
+        return _commit(factory, run_id=run_id, staged=staged, decision=decision, settings=settings)
+
+
+def _commit(
+    factory: sessionmaker[Session],
+    *,
+    run_id: int,
+    staged: StagedVersion,
+    decision: GateDecision | None,
+    settings: Settings,
+) -> ModelVersion:
+    """One short transaction: check the run is still running and the active version the one measured, add the
+    version, apply the decision (None: leave a candidate), mark the run succeeded. `ActiveChanged` writes nothing."""
+    from trainer.registry import add_version, apply_promotion_gate, require_same_active
+
+    with transaction(factory) as session:
         run = session.get(TrainingRun, run_id, with_for_update=True, populate_existing=True)  # a cancel waits for us
         if run is None or run.status != "running":
             status = "gone" if run is None else run.status
             raise RunCancelled(f"run {run_id} is {status}; its model was not published.")
+        if decision is not None:
+            require_same_active(session, decision)  # before add_version: a conflict leaves no folder to undo
         version = add_version(session, staged, run_id=run_id)
-        if params.promote:  # the files were hashed moments ago, while staging: not read again under the lock
-            apply_promotion_gate(
-                session, version_id=version.id, tolerance=params.promotion_tolerance, settings=settings, verify=False
-            )
-        run.status, run.progress, run.metrics, run.finished_at = "succeeded", 1.0, metrics, utcnow()
-        run.eta_s, run.heartbeat_at = 0.0, utcnow()
+        if decision is not None:  # the files were hashed moments ago, while staging: not read again under the lock
+            apply_promotion_gate(session, version_id=version.id, decision=decision, settings=settings, verify=False)
         session.flush()
         session.refresh(version)
+        run.status, run.progress, run.metrics, run.finished_at = "succeeded", 1.0, dict(version.metrics), utcnow()
+        run.eta_s, run.heartbeat_at = 0.0, utcnow()
+        session.flush()
     return version

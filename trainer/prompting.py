@@ -21,6 +21,8 @@ from trainer.losses import IGNORE_INDEX
 PROMPT_TEMPLATE = (
     "Source image, then the edited image. Instruction: {instruction}\nRate how well the edit follows the instruction."
 )
+# Pretraining's captioning prompt: no instruction, so the answer ("Mirrored it left to right.") needs the pixels.
+CAPTION_PROMPT = "Source image, then the edited image.\nDescribe what was done to the source."
 TEXT_KEYS = ("input_ids", "attention_mask")
 
 
@@ -67,27 +69,28 @@ class Batch:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, **self.extras}
 
 
-def user_messages(instruction: str) -> list[dict]:
-    """The chat-format user turn: source image, edited image, then the instruction text."""
-    text = PROMPT_TEMPLATE.format(instruction=instruction)
+def user_messages(text: str) -> list[dict]:
+    """The chat-format user turn: source image, edited image, then the prompt text."""
     return [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": text}]}]
 
 
-def render_prompt(processor: ProcessorMixin, instruction: str) -> tuple[str, bool]:
-    """The prompt text up to the generation prompt, and whether the processor's chat template made it."""
+def scoring_text(instruction: str) -> str:
+    """The user turn's text for scoring an edit against `instruction`."""
+    return PROMPT_TEMPLATE.format(instruction=instruction)
+
+
+def render_prompt(processor: ProcessorMixin, text: str) -> tuple[str, bool]:
+    """The prompt up to the generation prompt for user text `text`, and whether the chat template made it."""
     if getattr(processor, "chat_template", None):
-        text = processor.apply_chat_template(user_messages(instruction), add_generation_prompt=True, tokenize=False)
-        return text, True
+        return processor.apply_chat_template(user_messages(text), add_generation_prompt=True, tokenize=False), True
     image_token = getattr(processor, "image_token", "<image>")
-    return f"{image_token}{image_token}\n{PROMPT_TEMPLATE.format(instruction=instruction)}\nAnswer:", False
+    return f"{image_token}{image_token}\n{text}\nAnswer:", False
 
 
-def rationale_continuation(processor: ProcessorMixin, instruction: str, rationale: str, prompt: str) -> str:
+def rationale_continuation(processor: ProcessorMixin, text: str, rationale: str, prompt: str) -> str:
     """The text after `prompt` when the rationale is the assistant turn (its end-of-turn marker included)."""
     if getattr(processor, "chat_template", None):
-        messages = user_messages(instruction) + [
-            {"role": "assistant", "content": [{"type": "text", "text": rationale}]}
-        ]
+        messages = user_messages(text) + [{"role": "assistant", "content": [{"type": "text", "text": rationale}]}]
         full = processor.apply_chat_template(messages, tokenize=False)
         if full.startswith(prompt):
             return full[len(prompt) :].rstrip()
@@ -104,12 +107,18 @@ def build_example(
     instruction: str,
     rationale: str | None = None,
     max_rationale_tokens: int = 128,
+    caption: bool = False,
 ) -> PromptExample:
-    """Encode one (source, edited, instruction) sequence, with the rationale as LM targets when given."""
+    """Encode one (source, edited, instruction) sequence, with the rationale as LM targets when given.
+
+    `caption=True` builds pretraining's captioning sequence instead: the prompt leaves the instruction out
+    (`CAPTION_PROMPT`), so its target, the rationale, can only be read from the pictures.
+    """
     instruction = instruction.strip()
-    if not instruction:
+    if not instruction and not caption:
         raise ValueError("The instruction is empty; every sequence needs the edit instruction.")
-    prompt, templated = render_prompt(processor, instruction)
+    text = CAPTION_PROMPT if caption else scoring_text(instruction)
+    prompt, templated = render_prompt(processor, text)
     encoded = processor(
         text=[prompt],
         images=[source.convert("RGB"), edited.convert("RGB")],
@@ -119,8 +128,8 @@ def build_example(
     prompt_ids = encoded["input_ids"][0]  # (P,)
     rationale_ids = torch.empty(0, dtype=prompt_ids.dtype)  # (R,)
     if rationale and rationale.strip():
-        text = rationale_continuation(processor, instruction, rationale.strip(), prompt)
-        ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"][:max_rationale_tokens]
+        continuation = rationale_continuation(processor, text, rationale.strip(), prompt)
+        ids = processor.tokenizer(continuation, add_special_tokens=False)["input_ids"][:max_rationale_tokens]
         rationale_ids = torch.tensor(ids, dtype=prompt_ids.dtype)
     n_prompt, n_rationale = prompt_ids.shape[0], rationale_ids.shape[0]
     labels = torch.cat([torch.full((n_prompt,), IGNORE_INDEX, dtype=torch.long), rationale_ids.long()])  # (T,)

@@ -257,9 +257,18 @@ def skip_pair(deps: Deps, shown: ShownPair | None, request: gr.Request) -> PairV
 
 
 def reveal_scores(deps: Deps, cast: CastVote | None) -> str:
-    """HTML: the active scorer's scores of the two candidates just voted on, and whether it agreed."""
+    """HTML: the active scorer's scores of the two candidates just voted on, and whether it agreed.
+
+    Only a version that passed the promotion gate's accuracy floor has its scores shown (`ScoredItem.passed_floor`
+    is True); a version below the floor, or one with no gate record (promoted by hand, or gated before the floor
+    existed), gets a line saying the scores stay hidden. The verdict comes from the scoring service's memory: no DB
+    query, and no forward when it is not True.
+    """
     if cast is None or deps.scoring is None or not deps.settings.reveal_scores_after_vote:
         return ""
+    served = deps.scoring.served
+    if served is not None and served.passed_floor is not True:
+        return _scores_hidden(served.name)
     try:
         scored = deps.scoring.score_candidates([cast.left_candidate_id, cast.right_candidate_id])
     except NoScorerYet:
@@ -267,10 +276,17 @@ def reveal_scores(deps: Deps, cast: CastVote | None) -> str:
     except (InvalidInput, RuntimeError) as exc:
         return f'<div class="jrm-reveal">The scorer could not score this pair: {text(exc)}</div>'
     left, right = scored[cast.left_candidate_id], scored[cast.right_candidate_id]
+    if left.passed_floor is not True or right.passed_floor is not True:  # the serving version changed meanwhile
+        return _scores_hidden(left.version_name)
     return (
         f'<div class="jrm-reveal">Scorer {text(left.version_name)}: left {left.score:.3f} · right '
         f"{right.score:.3f} — {text(_agreement(cast.choice, left.score - right.score))}</div>"
     )
+
+
+def _scores_hidden(version_name: str) -> str:
+    return (f'<div class="jrm-reveal">Scores stay hidden: the active model ({text(version_name)}) has not yet beaten '
+            "the accuracy floor.</div>")
 
 
 def _agreement(choice: str, margin: float) -> str:

@@ -33,7 +33,7 @@ from trainer.runs_queue import cancel_run, enqueue_run, get_run, list_runs
 
 RUNS_SHOWN = 15
 CURVES = ("total", "pref", "lm")  # loss curves in a run's history
-BACKBONES = ["tiny", "tiny-idefics3"]  # offline presets; the dropdown also takes a hub id or a local folder
+BACKBONES = ["tiny", "tiny-idefics3", "tiny-edit"]  # offline presets (pretrained first); also a hub id or folder
 EXPORT_KINDS = {"parquet": "Hugging Face dataset (parquet)", "trl": "TRL chosen/rejected (parquet)",
                 "editreward": "EditReward JSON + images (zip)"}
 # (column, dotted path into a version's metrics): the held-out evaluation, side by side per version.
@@ -47,7 +47,11 @@ METRIC_COLUMNS = [
     ("held-out pairs", "n_pairs"),
     ("train votes", "train_votes"),
 ]
-VERSION_COLUMNS = ["version", "status", "run", "backbone", "λ", "created", *(c for c, _ in METRIC_COLUMNS), "reason"]
+# The promotion gate's record (`metrics["gate"]`, docs/registry.md): the floor it had to beat and the intervals.
+GATE_COLUMNS = ["gate floor", "margin over floor (95 % CI)", "vs active (95 % CI)"]
+# The status and its reason (the gate's, or the researcher's who promoted by hand) first: the first thing to read.
+VERSION_COLUMNS = ["version", "status", "reason", *GATE_COLUMNS, "run", "backbone", "λ", "created",
+                   *(c for c, _ in METRIC_COLUMNS)]
 
 
 class Overview(NamedTuple):
@@ -195,11 +199,32 @@ def _metric(metrics: dict[str, Any] | None, path: str) -> float | None:
     return round(float(value), 4)
 
 
+def _interval(gate: dict[str, Any], key: str) -> str:
+    """The gate's [low, high] at `key` as "−0.12 … −0.02"; "" when it has none."""
+    bounds = gate.get(key)
+    if not isinstance(bounds, list) or len(bounds) != 2 or not all(isinstance(b, int | float) for b in bounds):
+        return ""
+    return " … ".join(f"{b:+.2f}".replace("-", "−") for b in bounds)
+
+
+def _gate_cells(metrics: dict[str, Any] | None) -> list[str]:
+    """The GATE_COLUMNS of one version: blank for a version the gate never judged (published with promote off)."""
+    gate = (metrics or {}).get("gate")
+    if not isinstance(gate, dict):
+        return [""] * len(GATE_COLUMNS)
+    floor = gate.get("floor") if isinstance(gate.get("floor"), dict) else {}
+    accuracy = _metric(floor, "accuracy")
+    floor_cell = f"{floor.get('rule')} {accuracy:.2f}" if floor.get("rule") and accuracy is not None else ""
+    active = gate.get("active") if isinstance(gate.get("active"), dict) else None
+    versus = f"{active.get('name')}: {_interval(gate, 'diff_vs_active_ci95')}" if active else "–"
+    return [floor_cell, _interval(gate, "diff_vs_floor_ci95"), versus]
+
+
 def _version_row(version: ModelVersion) -> list[object]:
     lm_weight = ((version.config or {}).get("jrm") or {}).get("lm_weight")
     metrics = [_metric(version.metrics, path) for _, path in METRIC_COLUMNS]
-    return [version.name, version.status, version.run_id, version.backbone, lm_weight,
-            f"{version.created_at:%Y-%m-%d %H:%M}", *metrics, version.reason or ""]
+    return [version.name, version.status, version.reason or "", *_gate_cells(version.metrics), version.run_id,
+            version.backbone, lm_weight, f"{version.created_at:%Y-%m-%d %H:%M}", *metrics]
 
 
 def _versions(session: Session) -> VersionsView:
@@ -210,7 +235,8 @@ def _versions(session: Session) -> VersionsView:
 
 
 def versions_view(deps: Deps, request: gr.Request) -> VersionsView:
-    """Every version with its held-out metrics side by side, newest first."""
+    """Every version with its held-out metrics and the gate's verdict (status, reason, floor, intervals), newest
+    first."""
     require_researcher(deps, request)
     with deps.factory() as session:
         return _versions(session)

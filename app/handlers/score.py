@@ -3,11 +3,17 @@
 Uploads arrive as files (`gr.File`), never decoded by Gradio: the bytes go through `storage.images.decode_upload`,
 the store's own checks (size, signature, header-first pixel limits, truncation), before any pixel is decoded.
 With the contributor's consent the upload also becomes an annotation task (origin "upload").
+
+The tab's clickable examples are files shipped in `app/examples/` (built by `python -m trainer.score_examples` from
+photos held out from pretraining) and listed in its `examples.json`; `load_examples` reads that listing.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,7 +32,18 @@ from storage.images import decode_upload, store_image
 from storage.repository import add_candidate, create_task
 from storage.settings import Settings
 
+log = logging.getLogger(__name__)
+
 MAX_EDITS = 4
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES_FILE = "examples.json"
+EDIT_NAME_CHARS = 60  # an edit's file name is shown in the results up to this length
+# The serving version's floor verdict (`ScoredItem.passed_floor`) → the note beside its scores.
+FLOOR_NOTES = {
+    True: "{name} beats the accuracy floor: chance and the pixel-statistics rules, on held-out votes.",
+    False: "{name} is below the accuracy floor: its scores are not yet meaningful.",
+    None: "{name} was not checked against the accuracy floor: its scores may not be meaningful yet.",
+}
 UPLOAD_ORIGIN = "upload"
 UPLOAD_GENERATOR = "user-upload-{}"  # candidates of a contributed upload, numbered in upload order
 RESULT_COLUMNS = ["rank", "edit", "score", "version"]
@@ -38,6 +55,54 @@ class ScoreView(NamedTuple):
     table: pd.DataFrame  # RESULT_COLUMNS, best first
     gallery: list[tuple[str, str]]  # (edited image file, caption), best first
     status: str  # HTML, escaped
+
+
+@dataclass(frozen=True)
+class ScoreExample:
+    """One clickable example: a source, an instruction and edits of it whose kinds are known, best first."""
+
+    photo: str
+    source: Path
+    instruction: str
+    edits: tuple[Path, ...]
+    kinds: tuple[str, ...]  # per edit: "correct", "flawed: <flaw>" or "no-op"
+    did: tuple[str, ...]  # per edit: what it did to the source, e.g. "tinted it orange"
+
+    @property
+    def label(self) -> str:
+        """The example's caption on the page."""
+        edits = [f"{i} {kind}" if kind in ("correct", "no-op") else f"{i} flawed ({did})"
+                 for i, (kind, did) in enumerate(zip(self.kinds, self.did, strict=True), start=1)]
+        return f"{self.instruction} — {self.photo} — edits: {' · '.join(edits)}"
+
+    def inputs(self) -> list[object]:
+        """The values this example fills in: source, instruction, edits (the order of `score_edits`' inputs)."""
+        return [str(self.source), self.instruction, [str(path) for path in self.edits]]
+
+
+def load_examples(folder: Path = EXAMPLES_DIR) -> list[ScoreExample]:
+    """The examples `folder/examples.json` lists; [] when it has none. A listed file that is missing is a ValueError."""
+    listing = folder / EXAMPLES_FILE
+    if not listing.is_file():
+        log.warning("No Score tab examples: %s is missing (build it: python -m trainer.score_examples)", listing)
+        return []
+    examples = []
+    for entry in json.loads(listing.read_text(encoding="utf-8"))["examples"]:
+        edits = entry["edits"]
+        example = ScoreExample(
+            photo=entry["photo"],
+            source=folder / entry["source"],
+            instruction=entry["instruction"],
+            edits=tuple(folder / edit["file"] for edit in edits),
+            kinds=tuple(edit["kind"] for edit in edits),
+            did=tuple(edit["did"] for edit in edits),
+        )
+        missing = [path.name for path in (example.source, *example.edits) if not path.is_file()]
+        if missing or not 1 <= len(edits) <= MAX_EDITS:
+            raise ValueError(f"{listing}: the example {example.instruction!r} names missing files {missing} or has "
+                             f"{len(edits)} edits (1 to {MAX_EDITS}); rebuild it with python -m trainer.score_examples")
+        examples.append(example)
+    return examples
 
 
 def _path(upload: object) -> str | None:
@@ -96,15 +161,31 @@ def score_edits(
     except NoScorerYet as exc:
         empty = pd.DataFrame(columns=RESULT_COLUMNS)
         return ScoreView(empty, [], " ".join([f"<p>{text(exc)}</p>", *notes]))
+    return _ranked_view(paths, scored, notes)
+
+
+def _ranked_view(paths: list[str], scored: list[ScoredItem], notes: list[str]) -> ScoreView:
+    """The scores best first, each edit named by its place and file; the version and its floor verdict above."""
     ranked = sorted(enumerate(scored, start=1), key=lambda pair: -pair[1].score)
+    names = [_edit_name(number, path) for number, path in enumerate(paths, start=1)]
     table = pd.DataFrame(
-        [(rank, f"edit {i}", round(item.score, 4), item.version_name) for rank, (i, item) in enumerate(ranked, 1)],
+        [(rank, names[i - 1], round(item.score, 4), item.version_name) for rank, (i, item) in enumerate(ranked, 1)],
         columns=RESULT_COLUMNS,
     )
-    gallery = [(paths[i - 1], f"#{rank} · edit {i} · {item.score:.3f}") for rank, (i, item) in enumerate(ranked, 1)]
+    gallery = [(paths[i - 1], f"#{rank} · {names[i - 1]} · {item.score:.3f}")
+               for rank, (i, item) in enumerate(ranked, 1)]
     version = scored[0]
     stamp = f"<p>Scored by model version <b>{text(version.version_name)}</b> (id {version.version_id}).</p>"
-    return ScoreView(table, gallery, " ".join([stamp, *notes]))
+    floor = f"<p>{text(FLOOR_NOTES[version.passed_floor].format(name=version.version_name))}</p>"
+    return ScoreView(table, gallery, " ".join([stamp, floor, *notes]))
+
+
+def _edit_name(number: int, path: str) -> str:
+    """`edit 2 · photo.png`: the edit's place in the upload and its file's name (shortened)."""
+    name = Path(path).name
+    if len(name) > EDIT_NAME_CHARS:
+        name = name[: EDIT_NAME_CHARS - 1] + "…"
+    return f"edit {number} · {name}"
 
 
 def _score(deps: Deps, source: PIL.Image.Image, instruction: str, edited: list[PIL.Image.Image]) -> list[ScoredItem]:

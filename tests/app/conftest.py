@@ -84,7 +84,7 @@ def app_template(tmp_path_factory) -> AppTemplate:
     with transaction(factory) as session:
         run_id = create_run(session, params=TRAIN_PARAMS, trigger="manual").id
     version = run_training_job(factory, run_id=run_id, settings=settings)
-    if version.status != "active":  # the gate rejects a version without held-out metrics: promote it by hand
+    if version.status != "active":  # the gate rejects it (too few held-out votes to judge): promote it by hand
         with transaction(factory) as session:
             promote_version(session, version_id=version.id, reason="app test fixture", settings=settings)
     engine.dispose()  # checkpoints the WAL into jrm.db, so a file copy is the whole store

@@ -14,6 +14,7 @@ import gradio as gr
 from app.deps import Deps
 from app.serving import build_app, launch_options
 from storage.db import transaction
+from storage.models import ModelVersion
 from storage.users import create_user
 
 if TYPE_CHECKING:
@@ -34,6 +35,16 @@ def add_users(store: AppStore, **roles: str) -> None:
     with transaction(store.factory) as session:
         for name, role in roles.items():
             create_user(session, name=name, role=role, password=PASSWORD)
+
+
+def set_gate(factory, version_id: int, *, passed_floor: bool | None) -> None:
+    """Give the version the promotion gate's floor verdict (`metrics["gate"]`); None removes it (an older version)."""
+    with transaction(factory) as session:
+        version = session.get(ModelVersion, version_id)
+        metrics = {k: v for k, v in (version.metrics or {}).items() if k != "gate"}
+        if passed_floor is not None:
+            metrics["gate"] = {"passed_floor": passed_floor, "reason": "set by a test"}
+        version.metrics = metrics  # a new dict: the JSON column sees the change
 
 
 def as_user(name: str | None) -> gr.Request:

@@ -16,6 +16,7 @@ from app.auth import LOCAL_USER
 from app.handlers.annotate import (
     ALREADY_SAVED,
     NO_PAIR_HTML,
+    CastVote,
     check_rationale,
     dimension_scores,
     load_pair,
@@ -30,7 +31,7 @@ from storage.images import store_pil_image
 from storage.models import Assignment, Pair, User, Vote
 from storage.repository import add_candidate, create_task
 from storage.users import deactivate
-from tests.app.handler_support import add_users, as_user, make_deps
+from tests.app.handler_support import add_users, as_user, make_deps, set_gate
 
 NO_DIMENSIONS = (False, 0.0, 0.0, 0.0)
 
@@ -260,8 +261,15 @@ def test_instructions_are_shown_as_text_never_as_html_or_markdown(deps, app_sett
     assert "<strong>" not in view.instruction and "**bold**" in view.instruction
 
 
+def _voted(deps) -> CastVote:
+    view = load_pair(deps, as_user("ann"))
+    return submit_vote(deps, view.shown, "left", "", *NO_DIMENSIONS, view.token, as_user("ann")).cast
+
+
 def test_reveal_shows_the_active_versions_scores_and_agreement(app_store, scoring_service):
     add_users(app_store, ann="annotator")
+    set_gate(app_store.factory, app_store.version_id, passed_floor=True)
+    scoring_service.refresh()  # the poll that picks up the verdict
     deps = make_deps(app_store, scoring=scoring_service)
     view = load_pair(deps, as_user("ann"))
     outcome = submit_vote(deps, view.shown, "left", "", *NO_DIMENSIONS, view.token, as_user("ann"))
@@ -272,6 +280,43 @@ def test_reveal_shows_the_active_versions_scores_and_agreement(app_store, scorin
     assert ("agrees with you" in html) == (left > right)
     assert reveal_scores(make_deps(app_store, scoring=scoring_service, reveal_scores_after_vote=False),
                          outcome.cast) == ""
+
+
+@pytest.mark.parametrize("passed_floor", [False, None], ids=["below-the-floor", "gated-before-the-floor"])
+def test_reveal_hides_the_scores_of_a_version_that_has_not_passed_the_floor(app_store, scoring_service, passed_floor):
+    add_users(app_store, ann="annotator")
+    set_gate(app_store.factory, app_store.version_id, passed_floor=passed_floor)
+    scoring_service.refresh()
+    deps = make_deps(app_store, scoring=scoring_service)
+    cast = _voted(deps)
+    statements = []
+
+    def listen(_connection, _cursor, statement, *_args) -> None:  # every SQL statement the reveal runs
+        statements.append(statement)
+
+    event.listen(app_store.engine, "before_cursor_execute", listen)
+    try:
+        html = reveal_scores(deps, cast)
+    finally:
+        event.remove(app_store.engine, "before_cursor_execute", listen)
+    assert html == (f'<div class="jrm-reveal">Scores stay hidden: the active model ({app_store.version_name}) has not '
+                    "yet beaten the accuracy floor.</div>")
+    assert statements == []  # the verdict comes from the scorer's memory, and nothing was scored
+
+
+def test_the_reveal_follows_the_verdict_of_the_version_now_serving(app_store, scoring_service):
+    add_users(app_store, ann="annotator")
+    set_gate(app_store.factory, app_store.version_id, passed_floor=None)  # a version from before the floor
+    scoring_service.refresh()
+    deps = make_deps(app_store, scoring=scoring_service)
+    cast = _voted(deps)
+    assert "Scores stay hidden" in reveal_scores(deps, cast)
+    set_gate(app_store.factory, app_store.version_id, passed_floor=True)
+    scoring_service.refresh()
+    assert f"Scorer {app_store.version_name}: left " in reveal_scores(deps, cast)
+    set_gate(app_store.factory, app_store.version_id, passed_floor=False)  # gated again, and below the floor now
+    scoring_service.refresh()
+    assert "Scores stay hidden" in reveal_scores(deps, cast)
 
 
 def test_reveal_before_any_version_is_served_says_no_scorer_yet(app_store):

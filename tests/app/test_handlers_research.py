@@ -16,6 +16,9 @@ from storage.db import transaction
 from storage.models import TrainingRun, User
 from tests.app.conftest import publish_model_dir
 from tests.app.handler_support import add_users, as_user, make_deps
+from tests.trainer.test_gate import inputs
+from trainer.gate import GateConfig, decide
+from trainer.registry import apply_promotion_gate
 
 
 @pytest.fixture
@@ -95,6 +98,33 @@ def test_versions_side_by_side_then_promote_and_roll_back(app_store, scoring_ser
     assert scoring_service.version[1] == app_store.version_name
     with pytest.raises(gr.Error, match="Choose a version"):
         research.promote(deps, "v9999", "", as_user("res"))
+
+
+def test_a_version_the_gate_rejected_shows_why(app_store, shifted_model_dir):
+    add_users(app_store, res="researcher")
+    deps = make_deps(app_store)
+    version_id, name = publish_model_dir(app_store.factory, app_store.settings, shifted_model_dir, promote=False)
+    # Measured as trainer.judge would: 0.5 held-out accuracy against a pixel rule at 0.75 (test_gate's hand numbers).
+    below = inputs([1, 0, 1, 0], rules={"changed more wins": [1, 1, 1, 0]}, active=[1, 1, 0, 0],
+                   active_id=app_store.version_id, active_name=app_store.version_name)  # fmt: skip
+    decision = decide(below, GateConfig(n_resamples=200))
+    with transaction(app_store.factory) as session:
+        apply_promotion_gate(session, version_id=version_id, decision=decision, settings=app_store.settings)
+
+    row = research.versions_view(deps, as_user("res")).table.set_index("version").loc[name]
+
+    assert row["status"] == "rejected" and row["reason"] == decision.reason
+    assert row["reason"].endswith("'changed more wins' 0.75: \u22120.25 … \u22120.25) does not beat the floor")
+    assert row["gate floor"] == "changed more wins 0.75"
+    assert row["margin over floor (95 % CI)"] == "\u22120.25 … \u22120.25"
+    assert row["vs active (95 % CI)"] == f"{app_store.version_name}: +0.00 … +0.00"
+
+
+def test_version_rows_without_a_gate_record_leave_the_gate_columns_blank():
+    assert research._gate_cells({"heldout_accuracy": 0.6}) == ["", "", ""]
+    assert research._gate_cells(None) == ["", "", ""]
+    first = {"gate": {"floor": {"rule": "chance", "accuracy": 0.5}, "diff_vs_floor_ci95": [0.01, 0.2], "active": None}}
+    assert research._gate_cells(first) == ["chance 0.50", "+0.01 … +0.20", "–"]
 
 
 @pytest.mark.parametrize("kind", ["parquet", "trl", "editreward"])

@@ -10,10 +10,11 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from app.handlers.score import RESULT_COLUMNS, score_edits
+from app.handlers.score import FLOOR_NOTES, RESULT_COLUMNS, load_examples, score_edits
+from app.render import text
 from app.scoring import ScoringService
 from storage.models import Task
-from tests.app.handler_support import add_users, as_user, make_deps
+from tests.app.handler_support import add_users, as_user, make_deps, set_gate
 from tests.storage.test_images import bomb_png
 
 
@@ -53,6 +54,24 @@ def test_edits_are_ranked_best_first_and_stamped_with_the_version(deps, files, a
     assert [caption.split(" · ")[0] for _, caption in view.gallery] == ["#1", "#2"]
     with deps.factory() as session:
         assert session.scalar(select(Task).where(Task.origin == "upload")) is None  # no consent, nothing stored
+
+
+def test_an_example_gets_one_score_per_edit_named_by_its_file(deps):
+    example = load_examples()[0]
+    view = score_edits(deps, *example.inputs(), False, as_user("viewer"))
+    assert len(view.table) == len(view.gallery) == len(example.edits) == 3
+    names = [f"edit {number} · {path.name}" for number, path in enumerate(example.edits, start=1)]
+    assert sorted(view.table["edit"]) == sorted(names)
+    assert view.table["score"].is_monotonic_decreasing
+
+
+@pytest.mark.parametrize("passed_floor", [True, False, None], ids=["passed", "below", "never-checked"])
+def test_the_status_says_whether_the_version_beats_the_accuracy_floor(deps, files, app_store, scoring_service,
+                                                                       passed_floor):
+    set_gate(app_store.factory, app_store.version_id, passed_floor=passed_floor)
+    scoring_service.refresh()  # the poll that reads the verdict
+    view = score_edits(deps, files["source"], "make it red", [files["red"]], False, as_user("viewer"))
+    assert text(FLOOR_NOTES[passed_floor].format(name=app_store.version_name)) in view.status
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,13 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from app.scoring import NoScorerYet, ScoredItem, ScoringService, load_for_serving
+from app.scoring import NoScorerYet, ScoredItem, ScoringService, ServedVersion, floor_verdict, load_for_serving
 from storage.errors import InvalidInput, NotFound
 from storage.images import open_image
 from storage.models import Candidate
 from storage.settings import load_settings
 from tests.app.conftest import SHIFT, publish_model_dir
+from tests.app.handler_support import set_gate
 from trainer.evaluate import score_images
 from trainer.registry import cached_scores
 
@@ -213,6 +214,42 @@ def test_unknown_candidates_are_not_found_and_the_known_ones_still_cached(app_st
         scoring_service.score_candidates([1, 999999, 999998])
     with app_store.factory() as session:
         assert list(cached_scores(session, version_id=app_store.version_id, candidate_ids=[1])) == [1]
+
+
+# --- the floor verdict -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("metrics", "verdict"),
+    [
+        ({"gate": {"passed_floor": True, "reason": "beats the floor"}}, True),
+        ({"gate": {"passed_floor": False, "reason": "does not beat the floor"}}, False),
+        ({"heldout_accuracy": 0.9}, None),  # gated before the floor existed
+        (None, None),
+        ({"gate": {"passed_floor": 1}}, None),  # anything but a bool is no verdict
+        ({"gate": "passed"}, None),
+    ],
+)
+def test_the_floor_verdict_is_the_gates_bool_or_none(metrics, verdict):
+    assert floor_verdict(metrics) is verdict
+
+
+def test_the_verdict_is_read_on_load_and_on_each_poll_and_stamped_on_every_score(app_store):
+    set_gate(app_store.factory, app_store.version_id, passed_floor=False)
+    service, _ = counting_service(app_store)
+    try:
+        assert service.served == ServedVersion(app_store.version_id, app_store.version_name, False)
+        ids = candidate_ids(app_store.factory, 2)
+        assert {item.passed_floor for item in service.score_candidates(ids).values()} == {False}
+        set_gate(app_store.factory, app_store.version_id, passed_floor=True)
+        assert service.served.passed_floor is False, "answered from memory until the next poll"
+        assert service.refresh() is False and service.served.passed_floor is True  # no reload for a new verdict
+        assert {item.passed_floor for item in service.score_candidates(ids).values()} == {True}  # cached ones too
+        picture = PIL.Image.new("RGB", (32, 32))
+        (upload,) = service.score_upload(source=picture, instruction="make it red", edited=[picture])
+        assert upload.passed_floor is True
+    finally:
+        service.stop()
 
 
 # --- swaps -----------------------------------------------------------------------------------------------------

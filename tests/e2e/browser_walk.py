@@ -20,6 +20,7 @@ from pathlib import Path
 from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
+from app.handlers.score import ScoreExample
 from storage.db import make_engine, session_factory, transaction, upgrade
 from storage.demo import build_demo
 from storage.models import TrainingRun
@@ -223,6 +224,15 @@ def retrain_and_watch(page: Page, *, max_steps: int, timeout_s: float) -> list[t
     raise TimeoutError(f"the run did not finish within {timeout_s} s; seen {seen}")
 
 
+def promote_newest(page: Page, name: str, reason: str) -> None:
+    """Promote the newest version (`name`, which the versions form preselects) by hand from the research tab."""
+    page.locator("#refresh-versions").click()
+    expect(page.locator("#version-pick input")).to_have_value(name, timeout=30_000)
+    page.get_by_label("Reason for promoting").fill(reason)
+    page.locator("#promote").click()
+    expect(page.get_by_text(f"{name} is now active")).to_be_visible(timeout=30_000)
+
+
 def write_pictures(folder: Path) -> dict[str, Path]:
     """A source picture and two edits of it for the score tab."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -253,6 +263,17 @@ def score_upload(page: Page, pictures: dict[str, Path], version: str, timeout_s:
                 raise
 
 
+def score_example(page: Page, example: ScoreExample) -> None:
+    """Click one of the Score tab's examples: it fills the inputs; score it and see one row per edit, by file name."""
+    page.locator("#score-examples").get_by_text(example.label).click()
+    expect(page.locator("#score-instruction textarea")).to_have_value(example.instruction)
+    for path in example.edits:
+        expect(page.locator("#score-edits")).to_contain_text(path.name)
+    page.locator("#score-go").click()
+    for number, path in enumerate(example.edits, start=1):
+        expect(page.locator("#score-table")).to_contain_text(f"edit {number} · {path.name}", timeout=30_000)
+
+
 def shoot(page: Page, folder: Path, name: str) -> Path:
     """A full-page screenshot `folder/name.png`."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -272,7 +293,7 @@ def take_tab_screenshots(folder: Path, scratch: Path) -> list[Path]:
         log_in(page, server.url, "res")
         open_tab(page, "Research")
         retrain_and_watch(page, max_steps=20, timeout_s=300)
-        page.locator("#refresh-versions").click()
+        promote_newest(page, "v0001", "a researcher's call")  # a small demo is too few held-out votes for the gate
         expect(page.locator("#versions")).to_contain_text("active")
         shots.append(shoot(page, folder, "research"))
         open_tab(page, "Score")

@@ -8,8 +8,10 @@ port and drives Debian's Chromium with Playwright. Screenshots land in $JRM_ARTI
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 from sqlalchemy import select
 
+from app.handlers.score import load_examples
 from storage.db import make_engine
 from storage.models import ModelVersion, User, Vote
 from storage.settings import artifacts_dir
@@ -19,9 +21,11 @@ from tests.e2e.browser_walk import (
     log_in,
     open_tab,
     press_at_once,
+    promote_newest,
     record_pair_tokens,
     retrain_and_watch,
     running_app,
+    score_example,
     score_upload,
     shoot,
     vote_with_keys,
@@ -71,11 +75,20 @@ def test_annotate_retrain_and_score_in_the_browser(tmp_path):
         assert seen[-1][1:] == ("succeeded", 100), seen
         progress_while_running = {p for _, s, p in seen if s == "running"}
         assert progress_while_running and min(progress_while_running) < 100, seen  # the bar moved on the page
-        (name, status), = _rows(server.database_url, select(ModelVersion.name, ModelVersion.status))
-        assert status == "active"
+        # The gate judges the first version too: a 12-task demo holds out too few votes, so it is kept rejected,
+        # the research tab says why, and the researcher promotes it by hand.
+        (name, status, reason), = _rows(server.database_url,
+                                        select(ModelVersion.name, ModelVersion.status, ModelVersion.reason))
+        assert status == "rejected" and reason.startswith("too few held-out votes to judge"), reason
         page.locator("#refresh-versions").click()
-        page.get_by_text(name).first.wait_for()
+        expect(page.locator("#versions")).to_contain_text("too few held-out votes to judge")
+        shoot(page, shots, "versions-rejected")
+        promote_newest(page, name, "e2e: the researcher's call")
+        (status,), = _rows(server.database_url, select(ModelVersion.status))
+        assert status == "active"
 
         open_tab(page, "Score")
         score_upload(page, write_pictures(tmp_path / "pictures"), name)
         shoot(page, shots, "score")
+        score_example(page, load_examples()[0])
+        shoot(page, shots, "score-example")

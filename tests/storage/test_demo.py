@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import Counter
 from dataclasses import replace
@@ -14,25 +15,12 @@ from sqlalchemy.orm import Session
 
 from storage.db import session_factory, transaction
 from storage.demo import build_demo, ensure_demo_data
-from storage.demo_edits import (
-    COLOURS,
-    EDIT_KINDS,
-    GENERATOR_PROFILES,
-    MIN_CANDIDATE_DIFF,
-    MIN_EDIT_DIFF,
-    DemoTask,
-    EditSpec,
-    apply_edit,
-    available_photos,
-    demo_task,
-    demo_votes,
-    intended_choice,
-    mean_abs_diff,
-    phrase_instruction,
-    sample_source,
-    shape_box,
-    sim_annotators,
-)
+from storage.demo_edits import GENERATOR_PROFILES, MIN_CANDIDATE_DIFF, MIN_EDIT_DIFF, DemoTask, demo_task
+from storage.demo_filters import COLOURS, shape_box
+from storage.demo_kinds import EDIT_KINDS, EditSpec, apply_edit, phrase_instruction
+from storage.demo_photos import available_photos, mean_abs_diff, sample_source
+from storage.demo_visible import visible_changes
+from storage.demo_votes import MAX_SEEN, demo_votes, intended_choice, sim_annotators, write_rationale
 from storage.errors import InvalidInput
 from storage.images import image_path
 from storage.models import Pair, Task, User, Vote
@@ -291,15 +279,56 @@ def test_careful_votes_prefer_the_better_candidate(tasks):
             assert winner.quality >= loser.quality
 
 
-def test_rationales_name_what_each_side_did(tasks):
+def test_rationales_name_what_each_side_did_and_what_visibly_changed(tasks):
     for task in tasks:
         for vote in demo_votes(task):
             if vote.rationale is None or vote.noisy:
                 continue
-            assert task.candidates[vote.left].describe() in vote.rationale
-            assert task.candidates[vote.right].describe() in vote.rationale
+            for shown in (task.candidates[vote.left], task.candidates[vote.right]):
+                assert shown.describe() in vote.rationale
+                assert "; ".join(visible_changes(task.source, shown.image)[:MAX_SEEN]) in vote.rationale
     texts = {v.rationale for task in tasks for v in demo_votes(task) if v.rationale}
     assert len(texts) > 100
+
+
+def test_rationale_for_a_mirror_against_a_no_op_says_what_each_looks_like():
+    task = next(t for t in (demo_task(5, i) for i in range(200)) if t.edit.kind == "flip_horizontal")
+    correct = next(c for c in task.candidates if c.flaw == "none")
+    unchanged = replace(correct, flaw="no_op", edits=(), image=task.source.copy())
+    rationales = {
+        write_rationale(
+            "left",
+            noisy=False,
+            left=correct,
+            right=unchanged,
+            instruction=task.instruction,
+            source=task.source,
+            rng=random.Random(seed),
+        )
+        for seed in range(40)
+    }
+    assert (
+        "Left mirrored it left to right as asked (the picture is reversed); right made no visible change "
+        "(almost nothing changed)." in rationales
+    )
+    assert all("the picture is reversed" in r and "almost nothing changed" in r for r in rationales)
+
+
+# sha256 of the first 20 tasks' votes of seed 5 without their rationale text, as drawn before rationales described
+# the pixels: repr([(pair_index, annotator, left, right, choice, noisy, rationale is None, time_spent_ms), ...]).
+VOTES_SEED_5 = "bdda8f1337b5e2ebfb85b28c8b6f714af1bff88d1c392d189d5935f9b89ed152"
+
+
+def test_visible_changes_leave_the_votes_and_the_slips_rationales_as_they_were(tasks):
+    # Rationales draw one template from the vote's rng as before, so every later draw (times, slips) is unchanged.
+    votes = [v for task in tasks[:20] for v in demo_votes(task)]
+    key = [
+        (v.pair_index, v.annotator, v.left, v.right, v.choice, v.noisy, v.rationale is None, v.time_spent_ms)
+        for v in votes
+    ]
+    assert hashlib.sha256(repr(key).encode()).hexdigest() == VOTES_SEED_5
+    vague = [v.rationale for v in votes if v.noisy and v.rationale]
+    assert vague and not any("(" in r or "changed" in r for r in vague)  # a slip's rationale names no change
 
 
 def test_intended_choice_rules():

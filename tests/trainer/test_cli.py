@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from storage.db import session_factory
+from storage.db import session_factory, transaction
 from storage.models import ModelVersion, TrainingRun
 from tests.conftest import make_test_engine
 from tests.trainer.conftest import picture
 from tests.trainer.test_pipeline import build_store, link_backbones
+from trainer.registry import promote_version
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--max-steps", "2", "--batch-size", "2"]
@@ -40,7 +41,7 @@ def runner(settings, backbone_cache, tmp_path):
         command = (launcher or [sys.executable, "-m", "trainer"]) + list(args)
         return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
 
-    run.factory = session_factory(engine)
+    run.factory, run.settings = session_factory(engine), settings
     yield run
     teardown()
 
@@ -72,11 +73,20 @@ def test_train_then_score_and_evaluate(cli, tmp_path):
     trained = cli("train", *FAST, "--lm-weight", "0.5", "--seed", "3")
     assert trained.returncode == 0, trained.stderr
     summary = _last_json(trained.stdout)
-    assert summary["version"] == "v0001" and summary["status"] == "active"
+    # The first version goes through the gate: 12 demo tasks hold out too few to judge. The printed reason is the
+    # gate's, as on the version's row.
+    assert summary["version"] == "v0001" and summary["status"] == "rejected"
+    assert summary["reason"].startswith("too few held-out votes to judge (") and "promote by hand" in summary["reason"]
+    assert summary["gate"]["reason"] == summary["reason"] and summary["gate"]["promoted"] is False
     with cli.factory() as session:
         run = session.get(TrainingRun, summary["run_id"])
         assert run.trigger == "cli" and run.status == "succeeded"
         assert run.params == {"max_steps": 2, "batch_size": 2, "lm_weight": 0.5, "seed": 3}
+        assert session.scalars(select(ModelVersion)).one().reason == summary["reason"]
+    still = cli("score", source, edited, "--instruction", "make the ball red")
+    assert still.returncode == 2 and "No active model version yet" in still.stderr
+    with transaction(cli.factory) as session:  # a researcher overrides the gate
+        promote_version(session, version_id=1, reason="cli test", settings=cli.settings)
 
     scored = cli("score", source, edited, "--instruction", "make the ball red")
     assert scored.returncode == 0, scored.stderr

@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from storage.demo_edits import EDIT_KINDS, DemoTask, demo_task, demo_votes
+from storage.demo_edits import DemoTask, demo_task
+from storage.demo_kinds import EDIT_KINDS
+from storage.demo_votes import demo_votes
 from tests.trainer.conftest import ARCHITECTURES, picture
 from trainer.evaluate import (
     EvalPair,

@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 from bench import learnability
-from storage.demo_edits import demo_task, demo_votes, mean_abs_diff
+from storage.demo_edits import demo_task
+from storage.demo_photos import mean_abs_diff
+from storage.demo_votes import demo_votes
 from trainer.data import FEATURES, TIE_CHOICES, eval_pairs, make_snapshot, split_of, task_key
 
 TASKS = 4

@@ -20,8 +20,10 @@ from trainer.metrics import (
     human_ranking,
     human_sign,
     instruction_swap_accuracy,
+    paired_task_bootstrap,
     pairwise_accuracy,
     reliability_bins,
+    strict_agreement,
     tie_counts,
 )
 
@@ -279,6 +281,27 @@ def test_bootstrap_ci_resamples_whole_clusters():
 def test_bootstrap_ci_ignores_nan_statistics():
     assert all(math.isnan(x) for x in bootstrap_ci([1.0, 2.0], lambda v: math.nan, n_resamples=10))
     assert all(math.isnan(x) for x in bootstrap_ci([], n_resamples=10))
+
+
+def test_strict_agreement_keeps_strict_votes_in_order():
+    # The fixture's strict votes 0, 1, 2: left with Δ 2 (agrees: 1), left with Δ −1 (0), right with Δ 0.5 (0).
+    assert strict_agreement(DELTA, LABELS).tolist() == [1.0, 0.0, 0.0]
+    assert strict_agreement([0.0, 3.0], ["right", "tie"]).tolist() == [0.5]  # Δ = 0 counts one half
+
+
+def test_paired_task_bootstrap_resamples_whole_tasks_with_the_same_draws():
+    # Task a has votes [1, 0], task b [1]. Two tasks drawn with replacement: aa → 1/2, ab or ba → 2/3, bb → 1.
+    draws = paired_task_bootstrap(
+        {"x": [1, 0, 1], "same": [1, 0, 1], "flipped": [0, 1, 0]}, ["a", "a", "b"], n_resamples=4000, seed=3
+    )
+    assert set(np.round(draws["x"], 6)) == {0.5, round(2 / 3, 6), 1.0}
+    assert draws["x"].mean() == pytest.approx((0.5 + 2 * 2 / 3 + 1) / 4, abs=0.01)  # 0.7083
+    assert np.array_equal(draws["x"], draws["same"])  # one set of draws for every scorer: differences are paired
+    assert np.allclose(draws["x"] + draws["flipped"], 1.0)
+    assert np.array_equal(draws["x"], paired_task_bootstrap({"x": [1, 0, 1]}, ["a", "a", "b"], n_resamples=4000,
+                                                            seed=3)["x"])  # reproducible for a seed
+    with pytest.raises(ValueError, match="one per vote"):
+        paired_task_bootstrap({"x": [1, 0]}, ["a", "a", "b"])
 
 
 def test_evaluation_report_assembles_every_metric_as_json():

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from tests.trainer.conftest import ARCHITECTURES, example
 from trainer.losses import IGNORE_INDEX, joint_loss
 from trainer.model import REWARD_HEAD_NAME, JointRewardModel, JRMConfig, apply_lora
-from trainer.prompting import collate, render_prompt
+from trainer.prompting import collate, render_prompt, scoring_text
 
 RATIONALE = "A made the ball red but B also changed the background."
 
@@ -65,7 +65,7 @@ def test_labels_cover_only_the_rationale(make_model, name):
 
 def test_prompt_holds_both_images_and_the_instruction(make_model):
     model = make_model("tiny")
-    prompt, templated = render_prompt(model.processor, "make the ball red")
+    prompt, templated = render_prompt(model.processor, scoring_text("make the ball red"))
     assert templated and prompt.count("<image>") == 2
     assert "Instruction: make the ball red" in prompt and "Rate how well the edit follows" in prompt
     encoded = example(model, 0)
@@ -77,7 +77,7 @@ def test_prompt_holds_both_images_and_the_instruction(make_model):
 def test_processor_without_chat_template_gets_a_plain_prompt(make_model):
     model = make_model("tiny")
     model.processor.chat_template = None
-    prompt, templated = render_prompt(model.processor, "make the ball red")
+    prompt, templated = render_prompt(model.processor, scoring_text("make the ball red"))
     assert not templated and prompt.startswith("<image><image>\n") and prompt.endswith("\nAnswer:")
     encoded = example(model, 0, rationale=RATIONALE)
     tokenizer = model.processor.tokenizer

@@ -15,10 +15,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage.db import engine_of, make_engine, transaction
 from storage.models import Candidate, ModelVersion, TrainingRun
 from storage.repository import record_vote
-from tests.trainer.test_pipeline import FAST, demo, queue, sqlite_demo  # noqa: F401 - fixtures
-from trainer import pipeline, registry
+from tests.trainer.test_pipeline import FAST, NO_FLOOR, demo, queue, sqlite_demo  # noqa: F401 - fixtures
+from trainer import judge, pipeline
 from trainer.model import JointRewardModel
 from trainer.pipeline import RunCancelled, run_folder, run_training_job
+from trainer.registry import files as registry_files
 from trainer.runs_queue import cancel_run
 
 PROBE_TIMEOUT_S = 1.0  # a vote that waits longer than this for SQLite's write lock counts as blocked
@@ -73,19 +74,29 @@ def _wrap(monkeypatch, owner: object, name: str, before) -> None:
 
 @pytest.mark.slow
 def test_votes_commit_while_the_run_writes_and_reads_files(sqlite_demo, settings, monkeypatch):  # noqa: F811
-    """A run's slow file work (writing the snapshot, saving and hashing the model) holds no write transaction."""
+    """A run's slow work holds no write transaction: writing the snapshot, saving and hashing the model, and the
+    gate's measurement (loading the active version, which hashes its files, scoring it, the pixel rules)."""
     factory = sqlite_demo
+    first = run_training_job(factory, run_id=queue(factory, {**FAST, **NO_FLOOR, "max_steps": 1}), settings=settings)
+    assert first.status == "active"  # the second run's gate loads and scores it
     probe = VoteProbe(engine_of(factory).url.render_as_string(hide_password=False), settings)
     _wrap(monkeypatch, datasets.Dataset, "save_to_disk", lambda: probe("snapshot save"))
     _wrap(monkeypatch, JointRewardModel, "save", lambda: probe("model save"))
-    _wrap(monkeypatch, registry, "_sha256", lambda: probe("hashing the model's files"))
-    run_id = queue(factory, {**FAST, "max_steps": 1})
+    _wrap(monkeypatch, registry_files, "_sha256", lambda: probe("hashing model files"))
+    _wrap(monkeypatch, judge, "load_scorer", lambda: probe("loading the active version"))
+    _wrap(monkeypatch, judge, "score_pairs", lambda: probe("scoring the active version"))
+    _wrap(monkeypatch, judge, "rule_deltas", lambda: probe("pixel rules"))
+    _wrap(monkeypatch, judge, "decide", lambda: probe("the gate's bootstrap"))
+    run_id = queue(factory, {**FAST, **NO_FLOOR, "max_steps": 1, "seed": 1})
 
     version = run_training_job(factory, run_id=run_id, settings=settings)
 
-    assert version.status == "active"
+    assert version.metrics["gate"]["active"]["name"] == first.name  # the gate did score v0001
     phases = {phase for phase, _, _ in probe.results}
-    assert phases == {"snapshot save", "model save", "hashing the model's files"}
+    assert phases == {
+        "snapshot save", "model save", "hashing model files", "loading the active version",
+        "scoring the active version", "pixel rules", "the gate's bootstrap",
+    }  # fmt: skip
     blocked = [(phase, seconds) for phase, committed, seconds in probe.results if not committed]
     assert blocked == [], f"votes waited on the run's write lock: {blocked}"
     probe.engine.dispose()

@@ -30,7 +30,7 @@ from storage.models import ModelVersion, TrainingRun, utcnow
 from storage.settings import Settings, load_settings
 from tests.trainer.test_runs_queue import add_votes
 from trainer import runs_queue, worker
-from trainer.registry import TMP_PREFIX, load_scorer, verify_version_files, version_dir
+from trainer.registry import TMP_PREFIX, load_scorer, promote_version, verify_version_files, version_dir
 from trainer.worker import scheduler as worker_scheduler
 from trainer.worker.__main__ import main as worker_cli
 
@@ -148,8 +148,14 @@ def test_first_run_failures_kills_cancel_and_restart_with_real_training(tmp_path
     second_worker = None
     try:
         # A fresh install (demo data, no version, no run): the worker queues and trains the first run unasked.
+        # Its version goes through the gate like any other: 3 tasks are too few to judge, so a researcher promotes it.
         first = wait_for(lambda: run_in(reader, 1, "succeeded", "failed"), what="the first run")
         assert (first.trigger, first.status) == ("first_run", "succeeded"), first.error
+        with reader() as session:
+            v1 = session.scalars(select(ModelVersion)).one()
+        assert v1.status == "rejected" and v1.reason.startswith("too few held-out votes to judge")
+        with transaction(factory) as session:
+            promote_version(session, version_id=v1.id, reason="worker test", settings=settings)
         assert assert_registry_consistent(reader, settings) == "v0001"
 
         # Params that fail in the training process: failed, with the child's message and its exit code.
@@ -197,7 +203,7 @@ def test_first_run_failures_kills_cancel_and_restart_with_real_training(tmp_path
         assert not leftover.exists()
 
         # …and the next run trains and is promoted.
-        last = enqueue(factory, {"max_steps": 2, "promotion_tolerance": 0.99})
+        last = enqueue(factory, {"max_steps": 2, "promotion_tolerance": 0.99, "gate_floor": False})
         done = wait_for(lambda: run_in(reader, last, "succeeded", "failed"), what="the last run")
         assert done.status == "succeeded", done.error
         assert assert_registry_consistent(reader, settings) == "v0002"

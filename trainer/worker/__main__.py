@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--lm-weight", type=float, help="λ in L = L_pref + λ·L_lm (0: discriminative baseline).")
     enqueue.add_argument("--epochs", type=int, help="Passes over the training votes.")
     enqueue.add_argument("--max-steps", type=int, help="Stop after this many optimizer steps.")
-    enqueue.add_argument("--backbone", help="Tiny preset ('tiny', 'tiny-idefics3'), hub id or local folder.")
+    enqueue.add_argument("--backbone", help="Preset ('tiny-edit' default, 'tiny'), hub id or folder.")
     enqueue.add_argument("--params", type=_json_object, default={}, help="More run params as a JSON object.")
     cancel = commands.add_parser("cancel", parents=[database], help="Cancel a queued or running run.")
     cancel.add_argument("run_id", type=int, metavar="RUN")

@@ -1,0 +1,68 @@
+"""The score cache: (version, candidate) → score, upserted in chunks on both backends."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from storage.errors import InvalidInput, NotFound
+from storage.models import Candidate, Score, utcnow
+from trainer.registry.reading import get_version
+
+_SCORE_CHUNK = 500
+
+
+def _chunks(items: list[Any], size: int = _SCORE_CHUNK) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _validate_scores(session: Session, scores: dict[int, float]) -> list[dict[str, Any]]:
+    rows = []
+    for candidate_id, score in scores.items():
+        if isinstance(candidate_id, bool) or not isinstance(candidate_id, int):
+            raise InvalidInput(f"Candidate ids must be integers, got {candidate_id!r}.")
+        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+            raise InvalidInput(f"Score for candidate {candidate_id} must be a finite number, got {score!r}.")
+        rows.append({"candidate_id": int(candidate_id), "score": float(score)})
+    ids = [row["candidate_id"] for row in rows]
+    known: set[int] = set()
+    for chunk in _chunks(ids):
+        known.update(session.scalars(select(Candidate.id).where(Candidate.id.in_(chunk))))
+    missing = sorted(set(ids) - known)
+    if missing:
+        raise NotFound(f"No candidates with ids {missing[:10]}{' …' if len(missing) > 10 else ''}.")
+    return rows
+
+
+def record_scores(session: Session, *, version_id: int, scores: dict[int, float]) -> None:
+    """Insert or overwrite the scores of `version_id` for the given candidates."""
+    get_version(session, version_id=version_id)
+    rows = _validate_scores(session, scores)
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    now = utcnow()
+    for chunk in _chunks(rows):
+        statement = dialect.insert(Score).values(
+            [{**row, "version_id": version_id, "created_at": now} for row in chunk]
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[Score.version_id, Score.candidate_id],
+            set_={"score": statement.excluded.score, "created_at": statement.excluded.created_at},
+        )
+        session.execute(statement)
+
+
+def cached_scores(session: Session, *, version_id: int, candidate_ids: list[int]) -> dict[int, float]:
+    """The stored scores of `version_id` for those of `candidate_ids` that have one."""
+    found: dict[int, float] = {}
+    for chunk in _chunks(list(dict.fromkeys(candidate_ids))):
+        query = select(Score.candidate_id, Score.score).where(
+            Score.version_id == version_id, Score.candidate_id.in_(chunk)
+        )
+        found.update({candidate_id: score for candidate_id, score in session.execute(query)})
+    return found
