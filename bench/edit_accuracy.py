@@ -37,11 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from accelerate.utils import set_seed  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
 
-from bench.learnability import DemoRows, _ci, _fmt, demo_rows, split_rows, table  # noqa: E402
+from bench.learnability import DemoRows, _ci, _fmt, demo_rows, quiet_torch, split_rows, table  # noqa: E402
 from storage.demo_edits import build_task  # noqa: E402
 from storage.demo_kinds import EditSpec  # noqa: E402
 from storage.demo_photos import mean_abs_diff  # noqa: E402
@@ -172,14 +170,17 @@ def evaluate_sets(model: JointRewardModel, sets: dict[str, tuple[list[EvalPair],
 # --- runs ------------------------------------------------------------------------------------------------------
 
 
-def fine_tune(backbone: str, train_rows: list[dict[str, Any]], *, steps: int, lm_weight: float, seed: int) -> tuple:
+def fine_tune(
+    backbone: str, train_rows: list[dict[str, Any]], *, steps: int, lm_weight: float, seed: int, lr: float | None
+) -> tuple:
     """A fresh model of `backbone` trained `steps` steps with the run defaults; the model and train seconds."""
     set_seed(seed)  # the reward head's init, as trainer.pipeline does
     jrm = JRMConfig(backbone=backbone, lm_weight=lm_weight)
     model = JointRewardModel.from_config(jrm, cache_dir=Path(tempfile.gettempdir()) / "jrm-bench-backbones")
     if steps == 0:
         return model.eval(), 0.0
-    config = TrainConfig(epochs=1000, max_steps=steps, seed=seed, log_every=max(1, steps // 4))
+    lr_setting = {} if lr is None else {"lr": lr}
+    config = TrainConfig(epochs=1000, max_steps=steps, seed=seed, log_every=max(1, steps // 4), **lr_setting)
     result = train(model, train_rows, config=config, jrm_config=jrm)
     return model.eval(), result.seconds
 
@@ -282,6 +283,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", default="150", help="Comma-separated fine-tune steps (0: zero-shot).")
     parser.add_argument("--lm-weights", default="0.5", help="Comma-separated λ values.")
     parser.add_argument("--seeds", default="0", help="Comma-separated training seeds.")
+    parser.add_argument("--lr", type=float, help="Peak learning rate of the fine-tune (default: TrainConfig's).")
     parser.add_argument("--unseen-photo-tasks", type=int, default=300, help="Tasks in the unseen-photos set.")
     parser.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap resamples for the 95 %% CIs.")
     parser.add_argument("--json", type=Path, help="Also write every result here.")
@@ -296,9 +298,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    torch.set_num_threads(args.threads)
+    quiet_torch(args.threads)
     started = time.perf_counter()
     print(f"# bench/edit_accuracy.py {' '.join(sys.argv[1:])}")
     results = []
@@ -315,7 +315,9 @@ def main(argv: list[str] | None = None) -> None:
             for steps in args.steps:
                 for lm_weight in args.lm_weights:
                     for seed in args.seeds:
-                        model, seconds = fine_tune(backbone, train_rows, steps=steps, lm_weight=lm_weight, seed=seed)
+                        model, seconds = fine_tune(
+                            backbone, train_rows, steps=steps, lm_weight=lm_weight, seed=seed, lr=args.lr
+                        )
                         run = {
                             "backbone": backbone,
                             "steps": steps,

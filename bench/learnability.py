@@ -299,11 +299,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def quiet_torch(threads: int) -> None:
+    """Benchmarks' common start: transformers' logging and progress bars off, torch's threads set."""
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    quiet_torch(args.threads)
     shape = {name: getattr(args, name) for name in PRESET_SHAPE}
     print(f"# bench/learnability.py — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(

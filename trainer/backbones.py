@@ -438,8 +438,14 @@ def load_backbone(
         name=name_or_path,
         image_size=_image_size(model),
         is_tiny=is_tiny,
-        reward_head=head if head is not None and head.exists() else None,
+        reward_head=_pretrained_head(head if head is not None else Path(source)),
     )
+
+
+def _pretrained_head(path: Path) -> Path | None:
+    """A preset folder's pretrained reward head (a folder `trainer pretrain` wrote), if there is one."""
+    head = path if path.name == REWARD_HEAD_FILE else path / REWARD_HEAD_FILE
+    return head if head.is_file() else None
 
 
 def preset_names() -> list[str]:

@@ -8,7 +8,7 @@ and only when `with_lm=True`, so scoring never computes vocabulary logits. See d
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trainer.backbones import Backbone, load_backbone
+from trainer.configs import DictConfig
 from trainer.losses import IGNORE_INDEX, lm_nll
 from trainer.prompting import Batch
 
@@ -30,7 +31,7 @@ def _help(text: str, **kwargs):
 
 
 @dataclass
-class JRMConfig:
+class JRMConfig(DictConfig):
     """Architecture and objective of a joint reward model (saved with every checkpoint)."""
 
     backbone: str = _help(
@@ -81,14 +82,6 @@ class JRMConfig:
         data["lora_target_modules"] = list(self.lora_target_modules)
         return data
 
-    @classmethod
-    def from_dict(cls, data: dict) -> JRMConfig:
-        """Inverse of `to_dict`; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown JRMConfig fields {unknown}; known: {sorted(known)}.")
-        return cls(**data)
 
 
 @dataclass

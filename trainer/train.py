@@ -10,7 +10,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import datasets
@@ -20,6 +20,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from trainer.configs import DictConfig, is_int, is_number
 from trainer.data import PairBatch, PairCollator, PairDataset
 from trainer.losses import LossBreakdown, joint_loss
 from trainer.model import JointRewardModel, JRMConfig
@@ -32,7 +33,7 @@ def _help(text: str, **kwargs):
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     """How to train (the model's own settings, λ included, are in `JRMConfig`)."""
 
     epochs: int = _help("Passes over the training votes.", default=3)
@@ -59,23 +60,23 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "log_every"):
             _require(
-                _is_int(getattr(self, name)) and getattr(self, name) >= 1,
+                is_int(getattr(self, name)) and getattr(self, name) >= 1,
                 f"{name} must be a whole number >= 1, got {getattr(self, name)!r}.",
             )
         _require(
-            self.max_steps is None or (_is_int(self.max_steps) and self.max_steps >= 1),
+            self.max_steps is None or (is_int(self.max_steps) and self.max_steps >= 1),
             f"max_steps must be a whole number >= 1, or None for no cap; got {self.max_steps!r}.",
         )
-        _require(_is_number(self.lr) and self.lr > 0, f"lr must be a number > 0 (e.g. 1e-3), got {self.lr!r}.")
+        _require(is_number(self.lr) and self.lr > 0, f"lr must be a number > 0 (e.g. 1e-3), got {self.lr!r}.")
         for name in ("warmup_ratio", "min_lr_ratio"):
             value = getattr(self, name)
-            _require(_is_number(value) and 0 <= value <= 1, f"{name} must be a number in [0, 1], got {value!r}.")
+            _require(is_number(value) and 0 <= value <= 1, f"{name} must be a number in [0, 1], got {value!r}.")
         for name in ("weight_decay", "max_grad_norm"):
             value = getattr(self, name)
-            _require(_is_number(value) and value >= 0, f"{name} must be a number >= 0, got {value!r}.")
-        _require(_is_int(self.seed), f"seed must be a whole number, got {self.seed!r}.")
+            _require(is_number(value) and value >= 0, f"{name} must be a number >= 0, got {value!r}.")
+        _require(is_int(self.seed), f"seed must be a whole number, got {self.seed!r}.")
         _require(
-            _is_int(self.num_workers) and self.num_workers >= 0,
+            is_int(self.num_workers) and self.num_workers >= 0,
             f"num_workers must be a whole number >= 0, got {self.num_workers!r}.",
         )
         _require(
@@ -94,31 +95,10 @@ class TrainConfig:
             "rationale_on='both' needs neutral_sides=True (each sequence reads the rationale from its side).",
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of `to_dict`; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown TrainConfig fields {unknown}; known: {sorted(known)}.")
-        return cls(**data)
-
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+
+from trainer.configs import DictConfig, is_number
 
 
 def _help(text: str, **kwargs):
@@ -12,7 +12,7 @@ def _help(text: str, **kwargs):
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(DictConfig):
     """The recipe's settings; saved in every checkpoint and in the preset's manifest."""
 
     steps: int = _help("Optimizer steps; each draws fresh tasks (data never repeats).", default=20000)
@@ -51,29 +51,12 @@ class PretrainConfig:
             raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size}).")
         for name in ("lr", "weight_decay", "max_grad_norm", "caption_weight", "tie_nu"):
             value = getattr(self, name)
-            if not (_number(value) and value >= 0) or (name == "lr" and value == 0):
+            if not (is_number(value) and value >= 0) or (name == "lr" and value == 0):
                 raise ValueError(f"{name} must be a finite number >= 0 (lr > 0), got {value!r}.")
         for name in ("warmup_ratio", "min_lr_ratio"):
             value = getattr(self, name)
-            if not (_number(value) and 0 <= value <= 1):
+            if not (is_number(value) and 0 <= value <= 1):
                 raise ValueError(f"{name} must be a number in [0, 1], got {value!r}.")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
-        """Inverse of `to_dict`; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown PretrainConfig fields {unknown}; known: {sorted(known)}.")
-        return cls(**data)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _whole(config: PretrainConfig, name: str, *, minimum: int) -> None:
