@@ -196,6 +196,7 @@ def _score_examples(inputs: list[gr.components.Component]) -> None:
         gr.Examples([example.inputs() for example in examples], inputs=inputs, label="Examples: click one, then Score",
                     example_labels=[example.label for example in examples], cache_examples=False,
                     elem_id="score-examples", api_name="load_score_example", api_visibility="private")
+        gr.Markdown("\n".join(f"- *{e.label}*: {e.breakdown}" for e in examples), elem_id="score-example-key")
 
 
 def _leaderboard_tab(deps: Deps, tab: gr.Tab) -> None:

@@ -57,6 +57,9 @@ class ScoreView(NamedTuple):
     status: str  # HTML, escaped
 
 
+LABEL_CHARS = 60  # Gradio 6 shows at most this many characters of an example's label
+
+
 @dataclass(frozen=True)
 class ScoreExample:
     """One clickable example: a source, an instruction and edits of it whose kinds are known, best first."""
@@ -70,10 +73,15 @@ class ScoreExample:
 
     @property
     def label(self) -> str:
-        """The example's caption on the page."""
+        """The example's caption on the page (Gradio cuts example labels after 60 characters)."""
+        return f"{self.instruction} — {self.photo}"[:LABEL_CHARS]
+
+    @property
+    def breakdown(self) -> str:
+        """What each edit is, in order: "1 correct · 2 flawed (tinted it orange) · 3 no-op"."""
         edits = [f"{i} {kind}" if kind in ("correct", "no-op") else f"{i} flawed ({did})"
                  for i, (kind, did) in enumerate(zip(self.kinds, self.did, strict=True), start=1)]
-        return f"{self.instruction} — {self.photo} — edits: {' · '.join(edits)}"
+        return " · ".join(edits)
 
     def inputs(self) -> list[object]:
         """The values this example fills in: source, instruction, edits (the order of `score_edits`' inputs)."""

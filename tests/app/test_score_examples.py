@@ -27,7 +27,8 @@ def test_the_shipped_examples_load_and_their_files_exist():
         assert all(path.is_file() and path.parent == EXAMPLES_DIR for path in (example.source, *example.edits))
         assert 1 <= len(example.edits) <= MAX_EDITS and len(example.kinds) == len(example.did) == len(example.edits)
         assert example.kinds == ("correct", example.kinds[1], "no-op") and example.kinds[1].startswith("flawed: ")
-        assert example.instruction in example.label and "1 correct" in example.label
+        assert example.instruction in example.label and len(example.label) <= 60
+        assert example.breakdown.startswith("1 correct")
         assert example.inputs() == [str(example.source), example.instruction, [str(p) for p in example.edits]]
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
-from app.handlers.score import ScoreExample
+from app.handlers.score import ScoreExample, load_examples
 from storage.db import make_engine, session_factory, transaction, upgrade
 from storage.demo import build_demo
 from storage.models import TrainingRun
@@ -265,13 +265,20 @@ def score_upload(page: Page, pictures: dict[str, Path], version: str, timeout_s:
 
 def score_example(page: Page, example: ScoreExample) -> None:
     """Click one of the Score tab's examples: it fills the inputs; score it and see one row per edit, by file name."""
-    page.locator("#score-examples").get_by_text(example.label).click()
+    # By position, not by caption: Gradio cuts an example's label to its first 60 characters on the page.
+    button = page.locator("#score-examples").get_by_role("button").nth(load_examples().index(example))
+    expect(button).to_contain_text(example.instruction)
+    button.click()
+    # A file row shows "name .png" (stem and suffix apart); its cell's accessible name is the file name.
+    expect(page.locator("#score-source").get_by_role("cell", name=example.source.name, exact=True)).to_be_visible()
     expect(page.locator("#score-instruction textarea")).to_have_value(example.instruction)
     for path in example.edits:
-        expect(page.locator("#score-edits")).to_contain_text(path.name)
+        expect(page.locator("#score-edits").get_by_role("cell", name=path.name, exact=True)).to_be_visible()
     page.locator("#score-go").click()
     for number, path in enumerate(example.edits, start=1):
         expect(page.locator("#score-table")).to_contain_text(f"edit {number} · {path.name}", timeout=30_000)
+    rows = str(len(example.edits) + 1)  # the grid's row count includes its header row
+    expect(page.locator("#score-table").get_by_role("grid")).to_have_attribute("aria-rowcount", rows)
 
 
 def shoot(page: Page, folder: Path, name: str) -> Path:
