@@ -406,7 +406,7 @@ def _publish(staging: Path, target: Path) -> None:
 
 
 def load_backbone(
-    name_or_path: str = "tiny", *, cache_dir: str | Path | None = None, dtype: torch.dtype | None = None
+    name_or_path: str = PRESET_NAME, *, cache_dir: str | Path | None = None, dtype: torch.dtype | None = None
 ) -> Backbone:
     """Load an image-text-to-text model and its processor: a preset name, a hub id or a local folder.
 

@@ -36,7 +36,7 @@ class JRMConfig(DictConfig):
 
     backbone: str = _help(
         "Preset name ('tiny-edit': pretrained, the default; 'tiny', 'tiny-idefics3': random init), hub id or folder.",
-        default="tiny",
+        default="tiny-edit",
     )
     lm_weight: float = _help("λ in L = L_pref + λ·L_lm; 0 is the discriminative baseline.", default=0.5)
     tie_nu: float = _help(

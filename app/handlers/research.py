@@ -33,7 +33,7 @@ from trainer.runs_queue import cancel_run, enqueue_run, get_run, list_runs
 
 RUNS_SHOWN = 15
 CURVES = ("total", "pref", "lm")  # loss curves in a run's history
-BACKBONES = ["tiny", "tiny-idefics3", "tiny-edit"]  # offline presets (pretrained first); also a hub id or folder
+BACKBONES = ["tiny-edit", "tiny", "tiny-idefics3"]  # offline presets (pretrained first); also a hub id or folder
 EXPORT_KINDS = {"parquet": "Hugging Face dataset (parquet)", "trl": "TRL chosen/rejected (parquet)",
                 "editreward": "EditReward JSON + images (zip)"}
 # (column, dotted path into a version's metrics): the held-out evaluation, side by side per version.
