@@ -45,7 +45,7 @@ from storage.demo_kinds import EditSpec  # noqa: E402
 from storage.demo_photos import mean_abs_diff  # noqa: E402
 from storage.demo_votes import demo_votes, sim_annotators  # noqa: E402
 from trainer.data import HELDOUT, TRAIN, eval_pairs  # noqa: E402
-from trainer.evaluate import EvalPair, evaluate_pairs  # noqa: E402
+from trainer.evaluate import EvalPair, report_scores, score_pairs  # noqa: E402
 from trainer.metrics import evaluation_report  # noqa: E402
 from trainer.model import JointRewardModel, JRMConfig  # noqa: E402
 from trainer.pretrain.phrasing import heldout_instruction  # noqa: E402
@@ -145,10 +145,9 @@ def evaluate_sets(model: JointRewardModel, sets: dict[str, tuple[list[EvalPair],
     """The model's report on every set, and the rule's accuracy on the same votes."""
     results = {}
     for name, (pairs, rule) in sets.items():
-        report = evaluate_pairs(model, pairs, batch_size=EVAL_BATCH, n_bootstrap=n_boot)
-        from trainer.evaluate import score_pairs
-
-        delta = score_pairs(model, pairs, batch_size=EVAL_BATCH, instruction_swap=False).delta
+        scores = score_pairs(model, pairs, batch_size=EVAL_BATCH)  # once: the report and the breakdown share it
+        report = report_scores(scores, pairs, n_bootstrap=n_boot)
+        delta = scores.delta
         rule_report = evaluation_report(
             rule, [p.label for p in pairs], task_ids=[p.task_id for p in pairs], n_bootstrap=0
         )

@@ -200,6 +200,14 @@ def test_pretrain_writes_a_preset_with_a_manifest(tmp_path):
     assert isinstance(reloaded.processor, EditViewProcessor)
 
 
+def test_an_out_that_is_a_file_is_refused_before_anything_is_written(tmp_path):
+    target = tmp_path / "preset"
+    target.write_text("not a folder")
+    with pytest.raises(ValueError, match="is a file"):
+        pretrain(small_config(steps=1), target)
+    assert target.read_text() == "not a folder"
+
+
 @pytest.mark.slow
 def test_cli_resumes_after_kill_9(tmp_path):
     """The recipe for a few steps, killed with SIGKILL after its first checkpoint, then resumed to the end."""

@@ -98,6 +98,8 @@ def data_fingerprint(config: PretrainConfig, steps: int = 4) -> str:
 def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, command: str = "") -> dict:
     """Train (or go on training) and write the preset to `out`; returns the manifest."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the preset (it is created if missing).")
     work = out / WORK
     if not resume and (work / "checkpoint").exists():
         raise ValueError(f"{work} already holds a pretraining checkpoint: pass --resume, or choose another --out.")
