@@ -25,20 +25,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import ctypes
 import gc
 import json
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,170 +43,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from transformers import AutoProcessor, ProcessorMixin  # noqa: E402
+from transformers import AutoProcessor  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from storage.demo_edits import demo_task  # noqa: E402
-from storage.demo_votes import write_rationale  # noqa: E402
-from trainer.backbones import Backbone, load_backbone  # noqa: E402
-from trainer.losses import joint_loss  # noqa: E402
-from trainer.model import JointRewardModel, JRMConfig  # noqa: E402
-from trainer.prompting import Batch, build_example, collate  # noqa: E402
-
-JUDGE_QUESTION = (
-    "Source image, then edit A, then edit B. Instruction: {instruction}\n"
-    "Which edit follows the instruction better? Explain, then answer A or B."
+from bench.scoring_report import report  # noqa: E402
+from bench.scoring_setup import (  # noqa: E402
+    MIB,
+    PairInput,
+    build_model,
+    demo_pairs,
+    inputs_to,
+    jrm_batch,
+    judge,
+    judge_inputs,
+    prefill,
+    sync_device,
+    train_step,
 )
-VERDICT_PROMPT = "\nVerdict:"
+from trainer.model import JointRewardModel  # noqa: E402
+
 FLOOR_BUDGET_S = 12.0  # prefill vs JRM differ little: 2-5 × --repeats rounds, more while under this budget
 TRAIN_BUDGET_S = 20.0  # training steps: 3 rounds, more (up to --train-repeats) while under this budget
-MIB = 2**20
-
-
-@dataclass(frozen=True)
-class PairInput:
-    """One demo pair: source, two candidates, the instruction and a rationale for the left one."""
-
-    source: Image.Image
-    left: Image.Image
-    right: Image.Image
-    instruction: str
-    rationale: str
-
-
-def demo_pairs(n: int) -> list[PairInput]:
-    """`n` pairs from the demo dataset (deterministic), the correct-vs-flawed rationale on the left."""
-    pairs = []
-    for index in range(n):
-        task = demo_task(0, index)
-        left, right = task.candidates[0], task.candidates[1]
-        rng = random.Random(index)
-        rationale = write_rationale(
-            "left", noisy=False, left=left, right=right, instruction=task.instruction, source=task.source, rng=rng
-        )
-        pairs.append(PairInput(task.source, left.image, right.image, task.instruction, rationale))
-    return pairs
-
-
-# --- models ----------------------------------------------------------------------------------------------------
-
-
-def build_model(backbone: str, hidden: int, layers: int, cache_dir: str | None) -> JointRewardModel:
-    """The backbone as is (hidden = layers = 0), or a random copy with its language model resized."""
-    base = load_backbone(backbone, cache_dir=cache_dir)
-    if hidden or layers:
-        config = copy.deepcopy(base.model.config)
-        text = config.get_text_config()
-        text.hidden_size = hidden or text.hidden_size
-        text.intermediate_size = 2 * text.hidden_size
-        text.num_hidden_layers = layers or text.num_hidden_layers
-        text.num_attention_heads = text.num_key_value_heads = max(1, text.hidden_size // 64)
-        text.head_dim = text.hidden_size // text.num_attention_heads  # set at init from the old sizes: recompute
-        torch.manual_seed(0)
-        name = f"{backbone}-h{text.hidden_size}-l{text.num_hidden_layers}"
-        base = Backbone(type(base.model)(config), base.processor, name, base.image_size, base.is_tiny)
-    torch.manual_seed(0)
-    return JointRewardModel(base, JRMConfig(backbone=backbone)).eval()
-
-
-def describe_size(model: JointRewardModel) -> str:
-    """The language model's size as "hidden H, L layers"."""
-    text = model.backbone.config.get_text_config()
-    return f"hidden {text.hidden_size}, {text.num_hidden_layers} layers"
-
-
-def lm_head_bytes(model: JointRewardModel) -> int:
-    """Bytes of the LM head's parameters."""
-    head = model.backbone.get_output_embeddings()
-    return sum(p.numel() * p.element_size() for p in head.parameters())
-
-
-def param_bytes(model: JointRewardModel) -> int:
-    """Bytes of every parameter (backbone, LM head, reward head)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-# --- the variants ----------------------------------------------------------------------------------------------
-
-
-def jrm_batch(processor: ProcessorMixin, pairs: list[PairInput], *, rationale: bool = False) -> Batch:
-    """Left sequences (with the rationale when asked) then right ones: 2·len(pairs) pointwise sequences."""
-    left = [
-        build_example(
-            processor,
-            source=p.source,
-            edited=p.left,
-            instruction=p.instruction,
-            rationale=p.rationale if rationale else None,
-        )
-        for p in pairs
-    ]
-    right = [build_example(processor, source=p.source, edited=p.right, instruction=p.instruction) for p in pairs]
-    return collate(left + right, processor)
-
-
-def judge_inputs(processor: ProcessorMixin, pairs: list[PairInput]) -> dict[str, torch.Tensor]:
-    """One left-padded sequence per pair holding the source and both edits (the judge's pair prompt)."""
-    texts = []
-    for p in pairs:
-        content = [{"type": "image"}] * 3 + [{"type": "text", "text": JUDGE_QUESTION.format(instruction=p.instruction)}]
-        messages = [{"role": "user", "content": content}]
-        texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-    images = [image for p in pairs for image in (p.source, p.left, p.right)]
-    processor.tokenizer.padding_side = "left"
-    encoded = processor(text=texts, images=images, padding=True, return_tensors="pt", add_special_tokens=False)
-    return dict(encoded)
-
-
-@torch.no_grad()
-def judge(model: JointRewardModel, inputs: dict[str, torch.Tensor], n_tokens: int) -> torch.Tensor:
-    """Generate exactly `n_tokens` rationale tokens, then read the verdict: +1 where " A" beats " B"."""
-    backbone, tokenizer = model.backbone, model.processor.tokenizer
-    out = backbone.generate(
-        **inputs,
-        min_new_tokens=n_tokens,
-        max_new_tokens=n_tokens,
-        do_sample=False,
-        return_dict_in_generate=True,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    rows = out.sequences.shape[0]
-    verdict = tokenizer(VERDICT_PROMPT, add_special_tokens=False, return_tensors="pt").input_ids
-    verdict = verdict.to(out.sequences.device).repeat(rows, 1)  # (B, k)
-    # The cache holds every position but the last generated token's, which goes in with the verdict prompt.
-    ids = torch.cat([out.sequences[:, -1:], verdict], dim=1)  # (B, 1 + k)
-    mask = torch.cat([inputs["attention_mask"], torch.ones_like(out.sequences[:, inputs["input_ids"].shape[1] :])], 1)
-    mask = torch.cat([mask, torch.ones_like(verdict)], dim=1)  # (B, T + N + k)
-    logits = backbone(input_ids=ids, attention_mask=mask, past_key_values=out.past_key_values, logits_to_keep=1).logits
-    a, b = (tokenizer(t, add_special_tokens=False).input_ids[0] for t in (" A", " B"))
-    return torch.sign(logits[:, -1, a] - logits[:, -1, b])  # (B,)
-
-
-@torch.no_grad()
-def prefill(model: JointRewardModel, batch: Batch) -> torch.Tensor:
-    """The physical floor: the base model's forward on the batch, last hidden state only."""
-    return model.backbone.base_model(**batch.model_inputs(), use_cache=False, return_dict=True).last_hidden_state
-
-
-def train_step(model: JointRewardModel, optimizer: torch.optim.Optimizer, batch: Batch, lm_weight: float) -> float:
-    """One joint-loss step on chosen (first half) vs rejected (second half) sequences."""
-    n = len(batch) // 2
-    out = model(batch, with_lm=lm_weight > 0)
-    loss = joint_loss(out.rewards[:n], out.rewards[n:], torch.zeros(n, dtype=torch.bool), out.lm_loss, lm_weight)
-    loss.total.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.total.item()
-
-
-def _to(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in inputs.items()}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 # --- timing ----------------------------------------------------------------------------------------------------
@@ -230,10 +84,10 @@ def round_robin(
     done = 0
     while done < rounds or (done < (max_rounds or rounds) and time.perf_counter() - start_all < budget_s):
         for name, run in variants.items():
-            _sync(device)
+            sync_device(device)
             start = time.perf_counter()
             run()
-            _sync(device)
+            sync_device(device)
             times[name].append(time.perf_counter() - start)
         done += 1
     return times
@@ -262,7 +116,7 @@ def speed_rows(model: JointRewardModel, pairs: list[PairInput], args: argparse.N
 def _time_batch(model: JointRewardModel, pairs: list[PairInput], args: argparse.Namespace, device: torch.device):
     """Interleaved timings on these pairs: prefill vs JRM (many cheap rounds), JRM vs the judge at every N."""
     batch = jrm_batch(model.processor, pairs).to(device)
-    inputs = _to(judge_inputs(model.processor, pairs), device)
+    inputs = inputs_to(judge_inputs(model.processor, pairs), device)
     jrm, floor = (lambda: model.score(batch)), (lambda: prefill(model, batch))
     for warm_up in (jrm, floor, lambda: judge(model, inputs, 2)):  # lazy imports, first-call allocations
         warm_up()
@@ -343,7 +197,7 @@ def memory_child(args: argparse.Namespace) -> None:
     processor = AutoProcessor.from_pretrained(Path(args.checkpoint) / "backbone")
     pairs = demo_pairs(max(args.memory_batches))
     inputs = {
-        b: (jrm_batch(processor, pairs[:b]).to(device), _to(judge_inputs(processor, pairs[:b]), device))
+        b: (jrm_batch(processor, pairs[:b]).to(device), inputs_to(judge_inputs(processor, pairs[:b]), device))
         for b in args.memory_batches
     }
     _release_freed_memory()
@@ -379,73 +233,6 @@ def memory_rows(model: JointRewardModel, args: argparse.Namespace) -> list[tuple
             done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
             rows.append((variant, json.loads(done.stdout.strip().splitlines()[-1])))
     return rows
-
-
-# --- output ----------------------------------------------------------------------------------------------------
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
-def report(name: str, model: JointRewardModel, results: dict) -> None:
-    """Print the four tables of one model size."""
-    print(f"\n### {name}: {describe_size(model)}, {param_bytes(model) / MIB:.1f} MiB of float32 parameters\n")
-    grid = [[str(b), str(n), f"{jrm:.1f}", f"{jdg:.1f}", f"{ratio:.1f}×"] for b, n, jrm, jdg, ratio in results["grid"]]
-    print("(a) ms per pair, JRM scoring vs generative judge (N rationale tokens + verdict)\n")
-    print(table(["batch (pairs)", "N", "JRM ms/pair", "judge ms/pair", "judge / JRM"], grid))
-    rows = [
-        [str(b), str(t), str(n), f"{pf:.1f}", f"{jrm:.1f}", f"{pct:+.1f} %", "yes" if pct <= 15 else "**no**"]
-        for b, t, n, pf, jrm, pct in results["overhead"]
-    ]
-    print("\n(b) JRM scoring vs the bare prefill floor (same batch: 2 sequences per pair)\n")
-    print(table(["batch (pairs)", "seq len", "rounds", "prefill ms/pair", "JRM ms/pair", "overhead", "≤ 15 %"], rows))
-    if results.get("memory"):
-        print_memory(model, results["memory"])
-    t = results["train"]
-    print(
-        f"\n(d) training step at {t['pairs']} pairs ({2 * t['pairs']} sequences), forward + backward + AdamW, "
-        f"{t['rounds']} rounds\n"
-    )
-    rows = [
-        ["BT only (λ = 0, no rationale)", str(t["len_bt"]), "0", f"{t['bt_ms']:.0f}", "1.00×"],
-        [
-            "joint (λ = 0.5, rationale)",
-            str(t["len_joint"]),
-            f"{t['rationale_tokens']:.0f}",
-            f"{t['joint_ms']:.0f}",
-            f"{t['ratio']:.2f}×",
-        ],
-    ]
-    print(table(["step", "seq len", "rationale tokens / pair", "ms / step", "vs BT only (≤ 2×)"], rows))
-
-
-def print_memory(model: JointRewardModel, rows: list[tuple[str, dict]]) -> None:
-    """(c) as a table: one row per variant, peak RSS per batch size and its excess over the lm_head=False scorer."""
-    scorer = next(result for variant, result in rows if variant.startswith("scorer-dropped"))
-    batches = list(scorer["peaks"])
-    cuda = scorer["peaks"][batches[0]]["cuda_mib"] is not None
-    print("\n(c) peak memory above the process before the model was loaded (a fresh process per variant), MiB\n")
-    header = ["variant", "resident after warm-up"]
-    for b in batches:
-        header += [f"peak, {b} pair(s)", "vs scorer"] + (["CUDA peak"] if cuda else [])
-    body = []
-    for variant, result in rows:
-        kind, n = variant.split(":")
-        names = {"scorer-dropped": "JRM scorer, `lm_head=False`", "scorer-kept": "JRM scorer, LM head kept"}
-        cells = [names.get(kind, f"judge, N = {n}"), f"{result['resident_mib']:.1f}"]
-        for b in batches:
-            peak, base = result["peaks"][b], scorer["peaks"][b]
-            cells += [
-                f"{peak['rss_mib']:.1f}",
-                "–" if result is scorer else f"{peak['rss_mib'] - base['rss_mib']:+.1f}",
-            ]
-            cells += [f"{peak['cuda_mib']:.1f}"] if cuda else []
-        body.append(cells)
-    print(table(header, body))
-    print(f"\nLM head: {lm_head_bytes(model) / MIB:.2f} MiB of parameters ({lm_head_bytes(model):,} bytes).")
 
 
 def main(argv: list[str] | None = None) -> None:

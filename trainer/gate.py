@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.metrics import paired_task_bootstrap
+from trainer.bootstrap import paired_task_bootstrap
 
 CHANCE = 0.5  # a coin's accuracy on strict left/right votes
 MIN_TASKS = 20  # fewer held-out tasks with a strict vote than this and the gate does not judge

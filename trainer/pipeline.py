@@ -6,7 +6,8 @@ heartbeat written to the row, evaluates on the held-out split, measures the prom
 active version and the pixel-rule floor on those same held-out votes, with no transaction open), publishes the
 version and applies the gate's decision, and marks the run succeeded or failed with the error. Under
 `accelerate launch` every process trains and only the main one touches the database and the registry. The worker
-runs `python -m trainer train --run-id N`.
+runs `python -m trainer train --run-id N`. The params' validation is in `trainer/run_params.py`, the writes to the
+row while training (progress, heartbeat) in `trainer/run_reporter.py`.
 """
 
 from __future__ import annotations
@@ -14,19 +15,16 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
-import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from accelerate import PartialState
 from accelerate.utils import set_seed
-from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import engine_of, session_factory, transaction
@@ -44,9 +42,17 @@ from trainer.data import (
     save_snapshot,
     vote_rows,
 )
-from trainer.gate import DEFAULT_TOLERANCE, GateConfig, GateDecision
-from trainer.model import JointRewardModel, JRMConfig
-from trainer.train import ProgressEvent, TrainConfig, train
+from trainer.gate import GateConfig, GateDecision
+from trainer.model import JointRewardModel
+from trainer.run_params import DEFAULT_PROMOTION_TOLERANCE, RUN_KEYS, RunParams, parse_params
+from trainer.run_reporter import (
+    HEARTBEAT_INTERVAL_S,
+    PROGRESS_INTERVAL_S,
+    RunCancelled,
+    RunReporter,
+    update_run,
+)
+from trainer.train import train
 
 if TYPE_CHECKING:
     from trainer.evaluate import EvalPair
@@ -54,91 +60,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROMOTION_TOLERANCE = DEFAULT_TOLERANCE
-PROGRESS_INTERVAL_S = 2.0  # the row is written at most this often while training
-HEARTBEAT_INTERVAL_S = 10.0  # …and its heartbeat at least this often, also while a slow step or the evaluation runs
 MAX_ERROR_CHARS = 4000
-RUN_KEYS = ("promotion_tolerance", "promote", "gate_floor")  # params that belong to the run, not to a config
 GATE_ATTEMPTS = 3  # measurements of the gate when the active version keeps changing under it; then a rejection
 SNAPSHOT_STAGING_PREFIX = ".snapshot-tmp-"  # a snapshot being written, beside the run's `snapshot` folder
 
-
-class RunCancelled(RuntimeError):
-    """The run's row stopped being `running` (cancelled from the app or taken over); training stops."""
-
-
-@dataclass(frozen=True)
-class RunParams:
-    """A run's validated `params`: the model's config, the training config and what to do with the result."""
-
-    jrm: JRMConfig
-    train: TrainConfig
-    promotion_tolerance: float = DEFAULT_PROMOTION_TOLERANCE
-    promote: bool = True
-    gate_floor: bool = True  # false: the gate skips its size and floor checks (tests, a researcher's own call)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every setting, defaults included (what the run row records)."""
-        return {
-            **self.jrm.to_dict(),
-            **self.train.to_dict(),
-            "promotion_tolerance": self.promotion_tolerance,
-            "promote": self.promote,
-            "gate_floor": self.gate_floor,
-        }
-
-
-def parse_params(params: Any) -> RunParams:
-    """Validate a run's `params` JSON (JRMConfig and TrainConfig fields, `promotion_tolerance`, `promote`,
-    `gate_floor`)."""
-    if not isinstance(params, dict):
-        raise InvalidInput(f"params must be a JSON object, got {type(params).__name__}.")
-    jrm_keys = {f.name for f in fields(JRMConfig)}
-    train_keys = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(params) - jrm_keys - train_keys - set(RUN_KEYS))
-    if unknown:
-        known = sorted(jrm_keys | train_keys | set(RUN_KEYS))
-        raise InvalidInput(f"Unknown training parameter(s) {unknown}; known: {', '.join(known)}.")
-    tolerance = params.get("promotion_tolerance", DEFAULT_PROMOTION_TOLERANCE)
-    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not 0 <= tolerance < 1:
-        raise InvalidInput(f"promotion_tolerance must be a number in [0, 1), e.g. 0.01; got {tolerance!r}.")
-    promote, gate_floor = params.get("promote", True), params.get("gate_floor", True)
-    if not isinstance(promote, bool):
-        raise InvalidInput(f"promote must be true or false, got {promote!r}.")
-    if not isinstance(gate_floor, bool):
-        raise InvalidInput(
-            f"gate_floor must be true or false (false skips the gate's floor check), got {gate_floor!r}."
-        )
-    try:
-        _check_types(JRMConfig, params)
-        _check_types(TrainConfig, params)
-        jrm = JRMConfig(**{k: v for k, v in params.items() if k in jrm_keys})
-        config = TrainConfig(**{k: v for k, v in params.items() if k in train_keys})
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"Invalid training parameters: {exc}") from None
-    return RunParams(
-        jrm=jrm, train=config, promotion_tolerance=float(tolerance), promote=promote, gate_floor=gate_floor
-    )
-
-
-def _check_types(cls: type, params: dict[str, Any]) -> None:
-    """JSON can carry the wrong type (a string λ); check each given field against its default's type."""
-    for f in fields(cls):
-        if f.name not in params or f.default is None:
-            continue
-        value, default = params[f.name], f.default
-        if isinstance(default, bool):
-            ok, kind = isinstance(value, bool), "true or false"
-        elif isinstance(default, int):
-            ok, kind = isinstance(value, int) and not isinstance(value, bool), "a whole number"
-        elif isinstance(default, float):
-            ok, kind = isinstance(value, int | float) and not isinstance(value, bool), "a number"
-        elif isinstance(default, str):
-            ok, kind = isinstance(value, str), "a string"
-        else:  # tuples of names
-            ok, kind = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value), "a list of names"
-        if not ok:
-            raise ValueError(f"{f.name} must be {kind}, got {value!r}.")
+__all__ = [  # the run's params and reporter live in their own files; importers keep `from trainer.pipeline import …`
+    "DEFAULT_PROMOTION_TOLERANCE",
+    "GATE_ATTEMPTS",
+    "HEARTBEAT_INTERVAL_S",
+    "PROGRESS_INTERVAL_S",
+    "RUN_KEYS",
+    "HeldoutEvaluation",
+    "RunCancelled",
+    "RunParams",
+    "RunReporter",
+    "create_run",
+    "evaluate_heldout",
+    "parse_params",
+    "run_folder",
+    "run_training_job",
+]
 
 
 def create_run(
@@ -154,77 +95,6 @@ def create_run(
     session.add(run)
     session.flush()
     return run
-
-
-# --- writing to the run's row ----------------------------------------------------------------------------------
-
-
-def _update_run(factory: sessionmaker[Session], run_id: int, *, running_only: bool = False, **values: Any) -> bool:
-    """One short transaction; with `running_only`, only while the row is still `running`. True if it changed."""
-    with transaction(factory) as session:
-        query = update(TrainingRun).where(TrainingRun.id == run_id)
-        if running_only:
-            query = query.where(TrainingRun.status == "running")
-        return session.execute(query.values(**values)).rowcount == 1
-
-
-class RunReporter:
-    """Writes training progress to the run's row (throttled) and a heartbeat from a background thread."""
-
-    def __init__(
-        self,
-        factory: sessionmaker[Session],
-        run_id: int,
-        *,
-        interval_s: float = PROGRESS_INTERVAL_S,
-        heartbeat_s: float = HEARTBEAT_INTERVAL_S,
-    ):
-        self.factory, self.run_id = factory, run_id
-        self.interval_s, self.heartbeat_s = interval_s, heartbeat_s
-        self.history: dict[str, list[float]] = {}
-        self._last_write = -float("inf")
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> RunReporter:
-        self._thread = threading.Thread(target=self._beat, name=f"run-{self.run_id}-heartbeat", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
-            try:
-                _update_run(self.factory, self.run_id, running_only=True, heartbeat_at=utcnow())
-            except Exception:  # noqa: BLE001 - a missed heartbeat must not kill training; the next one retries
-                log.exception("heartbeat of run %s failed", self.run_id)
-
-    def __call__(self, event: ProgressEvent) -> None:
-        """The `train()` progress callback: record the curve, write the row every `interval_s` and at the end."""
-        for key, value in (("step", event.step), *event.loss.items(), ("lr", event.lr)):
-            self.history.setdefault(key, []).append(value)
-        now = time.monotonic()
-        if now - self._last_write < self.interval_s and event.step < event.total_steps:
-            return
-        self._last_write = now
-        written = _update_run(
-            self.factory,
-            self.run_id,
-            running_only=True,
-            progress=event.progress,
-            step=event.step,
-            total_steps=event.total_steps,
-            eta_s=round(event.eta_s, 1),
-            loss=event.loss,
-            history=self.history,
-            heartbeat_at=utcnow(),
-        )
-        if not written:
-            raise RunCancelled(f"run {self.run_id} is no longer running (cancelled?); training stopped.")
 
 
 # --- the job ---------------------------------------------------------------------------------------------------
@@ -262,7 +132,7 @@ def _fail_run(factory: sessionmaker[Session], run_id: int, exc: BaseException) -
     detail = "".join(traceback.format_exception(exc)[-3:])
     text = summary if isinstance(exc, InvalidInput | NotFound) else f"{summary}\n\n{detail}"
     try:
-        _update_run(
+        update_run(
             factory, run_id, status="failed", error=text[:MAX_ERROR_CHARS], finished_at=utcnow(), heartbeat_at=utcnow()
         )
     except Exception:  # noqa: BLE001 - the original error matters more than a failed status write
@@ -296,7 +166,7 @@ def _snapshot(factory: sessionmaker[Session], run_id: int, settings: Settings) -
         os.replace(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # a no-op once renamed
-    _update_run(
+    update_run(
         factory,
         run_id,
         snapshot_path=str(folder),
