@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--resume", action="store_true", help="Go on from the checkpoint in --out.")
     pretrain.add_argument("--checkpoint-every", type=_positive_int, help="Steps between checkpoints (default 250).")
     pretrain.add_argument("--tasks-per-step", type=_positive_int, help="Tasks per step (default 4).")
+    pretrain.add_argument("--swap-share", type=float, help="Share of preference pairs that are instruction swaps.")
     return parser
 
 
@@ -280,7 +281,7 @@ def command_pretrain(args: argparse.Namespace) -> int:
     from trainer.pretrain.recipe import pretrain
 
     torch.set_num_threads(load_settings().torch_threads)
-    names = ("steps", "seed", "checkpoint_every", "tasks_per_step")
+    names = ("steps", "seed", "checkpoint_every", "tasks_per_step", "swap_share")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     try:
         config = PretrainConfig(**overrides)

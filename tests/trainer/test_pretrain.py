@@ -80,10 +80,10 @@ def test_typos_change_one_word():
 
 
 def test_stream_is_a_pure_function_of_seed_and_step():
-    a, b = step_data(0, 5, 2), step_data(0, 5, 2)
+    a, b = step_data(0, 5, 2, swap_share=0.0), step_data(0, 5, 2, swap_share=0.0)
     assert [p.chosen.tobytes() for p in a.preferences] == [p.chosen.tobytes() for p in b.preferences]
     assert [c.caption for c in a.captions] == [c.caption for c in b.captions]
-    other = step_data(0, 6, 2)
+    other = step_data(0, 6, 2, swap_share=0.0)
     assert [p.source.tobytes() for p in a.preferences] != [p.source.tobytes() for p in other.preferences]
 
 
@@ -97,7 +97,7 @@ def test_stream_holds_out_photos_and_demo_tasks():
 def test_stream_objectives_are_labelled_by_quality_and_instruction():
     for step in range(20):
         task = stream_task(0, step, 0)
-        data = step_data(0, step, 1)
+        data = step_data(0, step, 1, swap_share=0.0)
         pref, check, caption = data.preferences[0], data.checks[0], data.captions[0]
         quality = {c.image.tobytes(): c.quality for c in task.candidates}
         assert quality[pref.chosen.tobytes()] >= quality[pref.rejected.tobytes()]
@@ -105,6 +105,25 @@ def test_stream_objectives_are_labelled_by_quality_and_instruction():
         assert check.chosen is check.rejected and check.chosen_instruction == task.instruction
         assert check.rejected_instruction != task.instruction and not check.is_tie
         assert caption.caption.endswith(".") and caption.caption == task_caption(task, caption.edited)
+
+
+def test_instruction_swaps_flip_the_order_of_two_pictures_with_the_instruction():
+    """A swap pair: a wrong-op / wrong-param candidate under the instruction it does follow, over the correct edit."""
+    swaps = 0
+    for step in range(40):
+        task = stream_task(0, step, 0)
+        pref = step_data(0, step, 1, swap_share=1.0).preferences[0]
+        by_image = {c.image.tobytes(): c for c in task.candidates}
+        if not pref.is_swap:  # this task has no candidate that follows another instruction
+            assert not any(c.flaw in ("wrong_op", "wrong_param") and len(c.edits) == 1 for c in task.candidates)
+            continue
+        swaps += 1
+        chosen, rejected = by_image[pref.chosen.tobytes()], by_image[pref.rejected.tobytes()]
+        assert rejected.flaw == "none" and chosen.flaw in ("wrong_op", "wrong_param")
+        assert pref.chosen_instruction == pref.rejected_instruction != task.instruction and not pref.is_tie
+    assert swaps >= 10
+    plain = step_data(0, 3, 4, swap_share=0.0)
+    assert not any(p.is_swap for p in plain.preferences)
 
 
 def task_caption(task, image) -> str:
@@ -116,7 +135,7 @@ def test_the_first_caption_token_names_the_edit(small_model_factory):
     model = small_model_factory(small_config())
     firsts = set()
     for step in range(30):
-        example = encode_step(model, step_data(0, step, 1)).batch
+        example = encode_step(model, step_data(0, step, 1, swap_share=0.0)).batch
         labels = example.labels[-1]
         firsts.add(int(labels[labels != -100][0]))
     assert len(firsts) >= 8
@@ -143,10 +162,13 @@ def test_a_few_steps_move_every_trainable_weight(small_model_factory, tmp_path):
     unchanged = [n for n, p in model.named_parameters() if torch.equal(p, before[n])]
     # LLaVA never uses its post_layernorm; the head's output bias cancels in every reward difference.
     assert all("post_layernorm" in n or n == "reward_head.2.bias" for n in unchanged), unchanged
-    parts = step_loss(model, encode_step(model, step_data(0, 99, 1)), config)[1]
+    parts = step_loss(model, encode_step(model, step_data(0, 99, 1, swap_share=0.0)), config)[1]
     assert set(parts) == {"total", "pref", "check", "caption"} and all(v == v for v in parts.values())
-    metrics = probe_metrics(model, [encode_step(model, step_data(0, 0, 4, namespace="probe"))])
+    metrics = probe_metrics(model, [encode_step(model, step_data(0, 0, 4, swap_share=0.5, namespace="probe"))])
     assert 0 <= metrics["probe_pref_accuracy"] <= 1 and 0 <= metrics["probe_check_accuracy"] <= 1
+    assert 0 <= metrics["probe_swap_accuracy"] <= 1  # reported apart from the other preferences when drawn
+    plain = probe_metrics(model, [encode_step(model, step_data(0, 0, 4, swap_share=0.0, namespace="probe"))])
+    assert "probe_swap_accuracy" not in plain
 
 
 def test_resume_continues_exactly_where_it_stopped(small_model_factory, tmp_path):

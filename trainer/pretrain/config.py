@@ -26,6 +26,9 @@ class PretrainConfig(DictConfig):
     min_lr_ratio: float = _help("The cosine decays to this fraction of the peak.", default=0.1)
     max_grad_norm: float = _help("Clip the gradients' global norm to this (0: off).", default=1.0)
     caption_weight: float = _help("Weight of the captioning NLL against the pair losses.", default=0.5)
+    swap_share: float = _help(
+        "Share of the preference pairs that are instruction swaps (trainer/pretrain/stream.py).", default=0.0
+    )
     tie_nu: float = _help("Davidson ν for near-equal candidates (as the fine-tune's default).", default=1.0)
     image_size: int = _help("Vision input side in pixels.", default=48)
     patch_size: int = _help("Vision patch side in pixels.", default=8)
@@ -53,7 +56,7 @@ class PretrainConfig(DictConfig):
             value = getattr(self, name)
             if not (is_number(value) and value >= 0) or (name == "lr" and value == 0):
                 raise ValueError(f"{name} must be a finite number >= 0 (lr > 0), got {value!r}.")
-        for name in ("warmup_ratio", "min_lr_ratio"):
+        for name in ("warmup_ratio", "min_lr_ratio", "swap_share"):
             value = getattr(self, name)
             if not (is_number(value) and 0 <= value <= 1):
                 raise ValueError(f"{name} must be a number in [0, 1], got {value!r}.")

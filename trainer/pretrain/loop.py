@@ -35,6 +35,7 @@ class StepBatch:
 
     batch: Batch
     is_tie: torch.Tensor  # (P + C,)
+    is_swap: torch.Tensor  # (P + C,): instruction swaps among the preferences
     n_preferences: int
     n_pairs: int
 
@@ -62,7 +63,9 @@ def encode_step(model: JointRewardModel, data: StepData) -> StepBatch:
         for c in data.captions
     ]
     is_tie = torch.tensor([p.is_tie for p in pairs], dtype=torch.bool)
-    return StepBatch(collate(chosen + rejected + captions, processor), is_tie, len(data.preferences), len(pairs))
+    is_swap = torch.tensor([p.is_swap for p in pairs], dtype=torch.bool)
+    batch = collate(chosen + rejected + captions, processor)
+    return StepBatch(batch, is_tie, is_swap, len(data.preferences), len(pairs))
 
 
 def step_loss(model: JointRewardModel, step: StepBatch, config: PretrainConfig) -> tuple[torch.Tensor, dict]:
@@ -83,27 +86,32 @@ def step_loss(model: JointRewardModel, step: StepBatch, config: PretrainConfig) 
 
 @torch.no_grad()
 def probe_metrics(model: JointRewardModel, probe: list[StepBatch]) -> dict[str, float]:
-    """Accuracy on the probe set: strict preference pairs ordered right, instruction checks passed."""
+    """Accuracy on the probe set: strict preference pairs ordered right, instruction checks passed, and (when the
+    recipe draws them) instruction swaps ordered right, apart from the other preferences."""
     was_training = model.training
     model.eval()
-    pref_right = pref_n = check_right = check_n = 0
+    counts = {"pref": [0, 0], "check": [0, 0], "swap": [0, 0]}  # name: [right, n]
     for step in probe:
         rewards = model.score(step.batch)
         n, p = step.n_pairs, step.n_preferences
-        delta = rewards[:n] - rewards[n : 2 * n]
-        strict = ~step.is_tie[:p]
-        pref_right += int((delta[:p][strict] > 0).sum())
-        pref_n += int(strict.sum())
-        check_right += int((delta[p:] > 0).sum())
-        check_n += n - p
+        right = rewards[:n] - rewards[n : 2 * n] > 0
+        preference = torch.arange(n) < p
+        masks = {
+            "pref": preference & ~step.is_tie & ~step.is_swap,
+            "check": ~preference,
+            "swap": preference & step.is_swap,
+        }
+        for name, mask in masks.items():
+            counts[name][0] += int(right[mask].sum())
+            counts[name][1] += int(mask.sum())
     model.train(was_training)
-    return {"probe_pref_accuracy": pref_right / max(pref_n, 1), "probe_check_accuracy": check_right / max(check_n, 1)}
+    return {f"probe_{name}_accuracy": r / max(n, 1) for name, (r, n) in counts.items() if n or name != "swap"}
 
 
 def probe_set(model: JointRewardModel, config: PretrainConfig) -> list[StepBatch]:
     """The fixed probe batches (8 tasks each) from the probe stream."""
     return [
-        encode_step(model, step_data(config.seed, i, 8, namespace=PROBE_NAMESPACE))
+        encode_step(model, step_data(config.seed, i, 8, swap_share=config.swap_share, namespace=PROBE_NAMESPACE))
         for i in range(max(1, config.probe_tasks // 8))
     ]
 
@@ -142,7 +150,9 @@ class Pretrainer:
                 group["lr"] = lr
             torch.manual_seed(config.seed * 1_000_003 + step)  # dropout etc.: the same after a resume
             loss, parts = step_loss(
-                model, encode_step(model, step_data(config.seed, step, config.tasks_per_step)), config
+                model,
+                encode_step(model, step_data(config.seed, step, config.tasks_per_step, swap_share=config.swap_share)),
+                config,
             )
             loss.backward()
             if config.max_grad_norm > 0:

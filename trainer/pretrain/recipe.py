@@ -85,7 +85,7 @@ def data_fingerprint(config: PretrainConfig, steps: int = 4) -> str:
     """sha256 of the stream's first `steps` steps (pixels, texts, tie flags): changes when the data would."""
     digest = hashlib.sha256()
     for step in range(steps):
-        data = step_data(config.seed, step, config.tasks_per_step)
+        data = step_data(config.seed, step, config.tasks_per_step, swap_share=config.swap_share)
         for pair in data.preferences + data.checks:
             for image in (pair.source, pair.chosen, pair.rejected):
                 digest.update(image.tobytes())

@@ -6,7 +6,10 @@ from every offline photo but `HELDOUT_PHOTOS`, phrased by the grammar in `traine
 gives one example of each objective, all of whose targets need the pixels:
 
 - **preference**: mostly the correct edit against a flawed candidate, else two flawed ones; the better one (by the
-  simulated annotators' quality) chosen; qualities within `TIE_MARGIN` are a Davidson tie;
+  simulated annotators' quality) chosen; qualities within `TIE_MARGIN` are a Davidson tie. A share of them
+  (`PretrainConfig.swap_share`) are *instruction swaps*: a wrong-operation / wrong-parameter candidate under the
+  instruction it does follow, chosen over the task's correct edit under that same instruction — the order of two
+  pictures flips with the instruction, which neither other pair teaches;
 - **instruction check**: the same (source, edit) under its own instruction (chosen) and under a mismatched one
   (rejected): half the time the instruction that one of its flawed candidates *does* follow (a hard negative),
   otherwise a random other edit;
@@ -41,6 +44,7 @@ class PairItem:
     rejected: Image.Image
     rejected_instruction: str
     is_tie: bool
+    is_swap: bool = False  # an instruction swap (see `preference_item`)
 
 
 @dataclass(frozen=True)
@@ -86,14 +90,22 @@ def stream_task(seed: int, step: int, i: int, *, namespace: str = "jrm-pretrain"
     return build_task(rng, seed=seed, index=step, photos=pretrain_photos(), phrase=instruction)
 
 
-def preference_item(task: DemoTask, rng: random.Random) -> PairItem:
+def preference_item(task: DemoTask, rng: random.Random, swap_share: float = 0.0) -> PairItem:
     """Two candidates of `task`, the better first; a tie when their qualities are within TIE_MARGIN.
 
     Most pairs (`P_CORRECT_VS_FLAWED`) are the correct edit against a flawed one: a clear, decisive signal that
     lets the pair loss leave the Δ = 0 saddle (random pairs, a third of them ties or near-ties, kept it at
     log 3 for 4,000 steps); the rest are two flawed candidates, where the near-equal ones are Davidson ties.
+    With probability `swap_share` (and a candidate that follows another instruction) the pair is an instruction
+    swap instead. `swap_share = 0` draws nothing extra: the stream is then the one the first preset was built on.
     """
     correct = next(c for c in task.candidates if c.flaw == "none")
+    if swap_share > 0 and rng.random() < swap_share:
+        swaps = [(c, spec) for c in task.candidates if (spec := _single_edit(c)) is not None and spec != task.edit]
+        if swaps:
+            candidate, spec = rng.choice(swaps)
+            other = instruction(spec, rng)
+            return PairItem(task.source, candidate.image, other, correct.image, other, False, is_swap=True)
     flawed = [c for c in task.candidates if c.flaw != "none"]
     if len(flawed) < 2 or rng.random() < P_CORRECT_VS_FLAWED:
         first, second = correct, rng.choice(flawed)
@@ -131,13 +143,15 @@ def caption_item(task: DemoTask, rng: random.Random) -> CaptionItem:
     return CaptionItem(task.source, candidate.image, caption_of(candidate))
 
 
-def step_data(seed: int, step: int, tasks_per_step: int, *, namespace: str = "jrm-pretrain") -> StepData:
+def step_data(
+    seed: int, step: int, tasks_per_step: int, *, swap_share: float, namespace: str = "jrm-pretrain"
+) -> StepData:
     """The examples of one step: one of each objective per task."""
     data = StepData([], [], [])
     for i in range(tasks_per_step):
         task = stream_task(seed, step, i, namespace=namespace)
         rng = random.Random(f"{namespace}-pick:{seed}:{step}:{i}")
-        data.preferences.append(preference_item(task, rng))
+        data.preferences.append(preference_item(task, rng, swap_share))
         data.checks.append(check_item(task, rng))
         data.captions.append(caption_item(task, rng))
     return data
