@@ -2,7 +2,8 @@
 
 `tiny-edit` (the default) is a tiny LLaVA pretrained by the project on generated edits and shipped in
 trainer/presets/tiny-edit with its reward head (trainer/pretrain, docs/training.md). The random-init tiny presets
-("tiny": LLaVA, "tiny-idefics3": Idefics3) have a byte-level BPE tokenizer trained on a generated corpus;
+("tiny": LLaVA, "tiny-idefics3": Idefics3, and the real families' layouts in trainer/families.py:
+"tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-smolvlm") have a byte-level BPE tokenizer trained on a generated corpus;
 they are built once per seed, saved with `save_pretrained`, and then loaded through the same `from_pretrained`
 path as a downloaded checkpoint, so tests exercise real code; they stay for fast tests and ablations. Their
 tokenizer and its corpus live in `trainer.tiny_tokenizer`.
@@ -40,6 +41,7 @@ from transformers import (
 )
 
 from trainer.edit_view import wrap_if_marked
+from trainer.families import FAMILY_PRESETS  # also registers the image-only Qwen2-VL / SmolVLM processors
 from trainer.presets import PRESET_NAME, REWARD_HEAD_FILE, check_preset, preset_dir
 from trainer.tiny_tokenizer import (  # re-exported: importers of trainer.backbones use these names
     IDEFICS3_TOKENS,
@@ -187,6 +189,7 @@ def build_tiny_idefics3(seed: int = TINY_SEED) -> tuple[Idefics3ForConditionalGe
 TINY_PRESETS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorMixin]]] = {
     "tiny": build_tiny_llava,
     "tiny-idefics3": build_tiny_idefics3,
+    **FAMILY_PRESETS,  # tiny-qwen2-vl, tiny-qwen2.5-vl, tiny-smolvlm (trainer/families.py)
 }
 # Pretrained by the project (`python -m trainer pretrain`) and shipped in trainer/presets/<name>.
 SHIPPED_PRESETS = (PRESET_NAME,)

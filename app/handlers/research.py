@@ -28,12 +28,13 @@ from storage.db import transaction
 from storage.exporters import export_editreward, export_hf, export_trl
 from storage.models import ModelVersion, TrainingRun, User
 from storage.repository import dataset_stats
+from trainer.backbones import preset_names
 from trainer.registry import list_versions, promote_version, rollback
 from trainer.runs_queue import cancel_run, enqueue_run, get_run, list_runs
 
 RUNS_SHOWN = 15
 CURVES = ("total", "pref", "lm")  # loss curves in a run's history
-BACKBONES = ["tiny-edit", "tiny", "tiny-idefics3"]  # offline presets (pretrained first); also a hub id or folder
+BACKBONES = preset_names()  # offline presets (pretrained first); also a hub id or folder
 EXPORT_KINDS = {"parquet": "Hugging Face dataset (parquet)", "trl": "TRL chosen/rejected (parquet)",
                 "editreward": "EditReward JSON + images (zip)"}
 # (column, dotted path into a version's metrics): the held-out evaluation, side by side per version.

@@ -17,7 +17,7 @@ from trainer.prompting import PromptExample, build_example  # noqa: E402
 
 torch.set_num_threads(1)
 
-ARCHITECTURES = ["tiny", "tiny-idefics3"]
+ARCHITECTURES = ["tiny", "tiny-idefics3", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-smolvlm"]
 
 
 @pytest.fixture(scope="session")
@@ -63,12 +63,13 @@ def example(
     instruction: str = "make the ball red",
     rationale: str | None = None,
     max_rationale_tokens: int = 128,
+    edited_size: tuple[int, int] = (80, 96),
 ) -> PromptExample:
     """One encoded sequence built from generated pictures."""
     return build_example(
         model.processor,
         source=picture(seed),
-        edited=picture(seed + 100, (80, 96)),
+        edited=picture(seed + 100, edited_size),
         instruction=instruction,
         rationale=rationale,
         max_rationale_tokens=max_rationale_tokens,

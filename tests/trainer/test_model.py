@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from tests.trainer.conftest import ARCHITECTURES, example
 from trainer.losses import IGNORE_INDEX, joint_loss
 from trainer.model import REWARD_HEAD_NAME, JointRewardModel, JRMConfig, apply_lora
-from trainer.prompting import collate, render_prompt, scoring_text
+from trainer.prompting import collate, render_prompt, scoring_text, user_messages
 
 RATIONALE = "A made the ball red but B also changed the background."
 
@@ -17,6 +17,9 @@ RATIONALE = "A made the ball red but B also changed the background."
 UNUSED_BY_ARCHITECTURE = {
     "tiny": {"backbone.model.vision_tower.post_layernorm.weight", "backbone.model.vision_tower.post_layernorm.bias"},
     "tiny-idefics3": set(),
+    "tiny-qwen2-vl": set(),
+    "tiny-qwen2.5-vl": set(),
+    "tiny-smolvlm": set(),
 }
 
 
@@ -58,8 +61,14 @@ def test_labels_cover_only_the_rationale(make_model, name):
     assert (with_rationale.labels[:n_prompt] == IGNORE_INDEX).all()  # prompt and image tokens masked
     assert torch.equal(with_rationale.labels[n_prompt:], with_rationale.input_ids[n_prompt:])
     tokenizer = model.processor.tokenizer
-    assert tokenizer.decode(with_rationale.labels[n_prompt:]) == f" {RATIONALE}{tokenizer.eos_token}"
-    assert tokenizer.decode(plain.input_ids).endswith("\nASSISTANT:")  # the score is read at the generation prompt
+    # The labels are the assistant turn: the rationale and the family's end-of-turn token, nothing of the prompt.
+    assert tokenizer.decode(with_rationale.labels[n_prompt:]).strip() == f"{RATIONALE}{tokenizer.eos_token}"
+    messages = user_messages(scoring_text("make the ball red"))
+    turn = model.processor.apply_chat_template(messages, tokenize=False)
+    generation_prompt = model.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert generation_prompt.startswith(turn) and len(generation_prompt) > len(turn)
+    # The score is read at the end of the generation prompt ("ASSISTANT:", "<|im_start|>assistant\n", ...).
+    assert tokenizer.decode(plain.input_ids).endswith(generation_prompt[len(turn) :])
     assert plain.n_rationale_tokens == 0
 
 
@@ -103,7 +112,11 @@ def test_collate_right_pads(make_model, name):
     assert batch.attention_mask[0, :n].all() and not batch.attention_mask[0, n:].any()
     assert (batch.labels[0] == IGNORE_INDEX).all() and batch.score_index.tolist() == [n - 1, n - 1]
     pixels = batch.extras["pixel_values"]
-    assert pixels.shape[0] == (4 if name == "tiny" else 2)  # LLaVA: images flat; Idefics3: per sequence
+    if "image_grid_thw" in batch.extras:  # Qwen: every image's patches in one flat list, each image's grid apart
+        grids = batch.extras["image_grid_thw"]
+        assert grids.shape == (4, 3) and pixels.shape[0] == int(grids.prod(dim=1).sum())
+    else:
+        assert pixels.shape[0] == (4 if name == "tiny" else 2)  # LLaVA: images flat; Idefics3, SmolVLM: per sequence
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -182,6 +195,20 @@ def test_score_is_invariant_to_padding_and_batch_mates(make_model, name):
     assert (alone[0] - in_batch[1]).abs().item() < 1e-5
 
 
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_batch_mates_with_other_image_sizes_do_not_change_a_score(make_model, name):
+    """Dynamic-resolution families (Qwen) give each image its own token count; batching must keep them apart."""
+    model = make_model(name)
+    target = example(model, 7)
+    mates = [example(model, 8, edited_size=(40, 120)), example(model, 9, edited_size=(128, 64), rationale=RATIONALE)]
+    alone = model.score(collate([target], model.processor))
+    in_batch = model.score(collate([mates[0], target, mates[1]], model.processor))
+    assert (alone[0] - in_batch[1]).abs().item() < 1e-5
+    if "image_grid_thw" in target.image_inputs:
+        lengths = {ex.input_ids.shape[0] - ex.n_rationale_tokens for ex in [target, *mates]}
+        assert len(lengths) == 3  # the three prompts really hold different numbers of image tokens
+
+
 def test_bfloat16_backbone_keeps_a_float32_head(backbone_cache):
     model = JointRewardModel.from_config(JRMConfig(), cache_dir=backbone_cache, dtype=torch.bfloat16).eval()
     assert model.backbone.dtype == torch.bfloat16 and model.reward_head[0].weight.dtype == torch.float32
@@ -206,8 +233,9 @@ def test_save_and_load_give_identical_scores(make_model, name, tmp_path, backbon
 
 
 @pytest.mark.slow
-def test_lora_trains_adapters_and_head_and_round_trips(make_model, tmp_path, backbone_cache):
-    model = apply_lora(make_model("tiny"), rank=4, alpha=8, target_modules=("q_proj", "v_proj"), dropout=0.0)
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_lora_trains_adapters_and_head_and_round_trips(make_model, name, tmp_path, backbone_cache):
+    model = apply_lora(make_model(name), rank=4, alpha=8, target_modules=("q_proj", "v_proj"), dropout=0.0)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or f"{REWARD_HEAD_NAME}.modules_to_save" in n for n in trainable)
     assert any(REWARD_HEAD_NAME in n for n in trainable)
