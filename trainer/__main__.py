@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _database_option(train)
     train.add_argument("--run-id", type=_positive_int, help="Run this queued run (its params come from its row).")
     train.add_argument(
-        "--backbone", help="Preset ('tiny-edit' default, 'tiny', 'tiny-idefics3'), hub id or local folder."
+        "--backbone", help="Preset ('tiny-edit' default; see docs/backbones.md), hub id or local folder."
     )
     train.add_argument("--lm-weight", type=_number, help="λ in L = L_pref + λ·L_lm (0: discriminative baseline).")
     train.add_argument("--epochs", type=_positive_int, help="Passes over the training votes.")
@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive_int, help="Votes (pairs) per step and process.")
     train.add_argument("--lr", type=_number, help="Peak learning rate.")
     train.add_argument("--seed", type=int, help="Seed for the head's init and the data order.")
+    train.add_argument("--finetune", choices=("full", "lora"), help="Train every weight, or LoRA adapters + head.")
+    train.add_argument(
+        "--max-image-pixels", type=_positive_int, help="Pixel budget per image (dynamic-resolution backbones)."
+    )
     train.add_argument("--no-promote", action="store_true", help="Publish the version but skip the promotion gate.")
 
     evaluate = commands.add_parser("evaluate", help="Print a JSON evaluation report of a version.")
@@ -99,6 +103,8 @@ TRAIN_FLAGS = {  # CLI option → run params key
     "batch_size": "batch_size",
     "lr": "lr",
     "seed": "seed",
+    "finetune": "finetune",
+    "max_image_pixels": "max_image_pixels",
 }
 
 

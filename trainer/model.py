@@ -21,6 +21,7 @@ from trainer.backbones import Backbone, load_backbone
 from trainer.configs import DictConfig
 from trainer.losses import IGNORE_INDEX, lm_nll
 from trainer.prompting import Batch
+from trainer.resolution import set_pixel_budget
 
 CHECKPOINT_FORMAT = 1
 REWARD_HEAD_NAME = "reward_head"  # the attribute below; peft trains and saves it only if listed in modules_to_save
@@ -54,6 +55,12 @@ class JRMConfig(DictConfig):
     lora_target_modules: tuple[str, ...] = _help(
         "Module names that get LoRA adapters.", default=("q_proj", "k_proj", "v_proj", "o_proj")
     )
+    min_image_pixels: int = _help(
+        "Fewest pixels per image for dynamic-resolution backbones (Qwen2-VL family); 0: the backbone's own.", default=0
+    )
+    max_image_pixels: int = _help(
+        "Most pixels per image for dynamic-resolution backbones (Qwen2-VL family); 0: the backbone's own.", default=0
+    )
 
     def __post_init__(self) -> None:
         self.lora_target_modules = tuple(self.lora_target_modules)
@@ -73,6 +80,14 @@ class JRMConfig(DictConfig):
             raise ValueError(f"finetune must be 'full' or 'lora', got {self.finetune!r}.")
         if self.lora_rank < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
             raise ValueError("LoRA needs lora_rank >= 1, lora_alpha > 0 and 0 <= lora_dropout < 1.")
+        for name in ("min_image_pixels", "max_image_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a whole number >= 0 (0: the backbone's own), got {value!r}.")
+        if 0 < self.max_image_pixels < self.min_image_pixels:
+            raise ValueError(
+                f"max_image_pixels ({self.max_image_pixels}) is below min_image_pixels ({self.min_image_pixels})."
+            )
         if not self.lora_target_modules:
             raise ValueError("lora_target_modules is empty; name the projections to adapt, e.g. ('q_proj', 'v_proj').")
 
@@ -81,7 +96,6 @@ class JRMConfig(DictConfig):
         data = asdict(self)
         data["lora_target_modules"] = list(self.lora_target_modules)
         return data
-
 
 
 @dataclass
@@ -126,6 +140,12 @@ class JointRewardModel(nn.Module):
         """Load `config.backbone` with a reward head (a preset's pretrained one when it fits, else fresh), and
         LoRA adapters when `finetune == 'lora'`."""
         backbone = load_backbone(config.backbone, cache_dir=cache_dir, dtype=dtype)
+        set_pixel_budget(
+            backbone.processor,
+            min_pixels=config.min_image_pixels,
+            max_pixels=config.max_image_pixels,
+            backbone=config.backbone,
+        )
         model = cls(backbone, config)
         if backbone.reward_head is not None:
             model.start_from_pretrained_head(backbone.reward_head)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from sqlalchemy import func, select
 
 from storage.db import session_factory, transaction
@@ -17,7 +18,10 @@ from storage.models import ModelVersion, TrainingRun
 from tests.conftest import make_test_engine
 from tests.trainer.conftest import picture
 from tests.trainer.test_pipeline import build_store, link_backbones
+from trainer.evaluate import score_images
+from trainer.model import JointRewardModel
 from trainer.registry import promote_version
+from trainer.registry.files import version_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--max-steps", "2", "--batch-size", "2"]
@@ -153,3 +157,30 @@ def test_accelerate_launch_two_cpu_processes(cli):
         assert session.scalar(select(func.count()).select_from(ModelVersion)) == 1
         run = session.scalars(select(TrainingRun)).one()
     assert run.status == "succeeded" and run.step == run.total_steps == 2 and run.progress == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-smolvlm"])
+def test_each_family_trains_full_and_lora_publishes_and_scores_through_the_cli(cli, tmp_path, family):
+    """A real family's layout end to end: train (full, then LoRA), publish, load as a scorer, `trainer score`."""
+    source, edited = _images(tmp_path)
+    for version_id, finetune in enumerate(("full", "lora"), start=1):
+        trained = cli("train", *FAST, "--backbone", family, "--finetune", finetune, "--no-promote")
+        assert trained.returncode == 0, trained.stderr
+        summary = _last_json(trained.stdout)
+        assert summary["version"] == f"v{version_id:04d}"
+        with transaction(cli.factory) as session:
+            promote_version(session, version_id=version_id, reason="family test", settings=cli.settings)
+        scored = cli("score", source, edited, "--instruction", "make the ball red")
+        assert scored.returncode == 0, scored.stderr
+        result = _last_json(scored.stdout)
+        assert result["version"] == summary["version"]
+        # The scorer the CLI loads (no LM head) scores exactly as the full saved model does in this process.
+        with cli.factory() as session:
+            row = session.get(ModelVersion, version_id)
+            model = JointRewardModel.load(version_dir(cli.settings, row), cache_dir=cli.settings.data_dir / "backbones")
+        assert model.jrm_config.backbone == family and model.is_lora == (finetune == "lora")
+        [expected] = score_images(
+            model, source=Image.open(source), instruction="make the ball red", edited=[Image.open(edited)]
+        )
+        assert result["score"] == pytest.approx(expected, abs=1e-5)
