@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoModelForImageTextToText,
-    AutoProcessor,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     Idefics3Config,
@@ -41,7 +40,7 @@ from transformers import (
 )
 
 from trainer.edit_view import wrap_if_marked
-from trainer.families import FAMILY_PRESETS  # also registers the image-only Qwen2-VL / SmolVLM processors
+from trainer.families import FAMILY_PRESETS, load_processor  # registers the image-only Qwen2-VL / SmolVLM processors
 from trainer.presets import PRESET_NAME, REWARD_HEAD_FILE, check_preset, preset_dir
 from trainer.tiny_tokenizer import (  # re-exported: importers of trainer.backbones use these names
     IDEFICS3_TOKENS,
@@ -270,7 +269,7 @@ def load_backbone(
         source, hub_cache = name_or_path, (str(cache_dir) if cache_dir is not None else None)
     try:
         model = AutoModelForImageTextToText.from_pretrained(source, cache_dir=hub_cache, dtype=dtype)
-        processor = wrap_if_marked(AutoProcessor.from_pretrained(source, cache_dir=hub_cache), source)
+        processor = wrap_if_marked(load_processor(source, cache_dir=hub_cache), source)
     except (OSError, ValueError) as exc:
         raise ValueError(
             f"Could not load backbone {name_or_path!r} as an image-text-to-text model ({exc}). Use a tiny preset "

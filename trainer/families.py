@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoProcessor,
     PreTrainedTokenizerFast,
     ProcessorMixin,
@@ -72,6 +73,21 @@ class ImageOnlySmolVLMProcessor(SmolVLMProcessor):
 AutoProcessor.register(Qwen2VLConfig, ImageOnlyQwen2VLProcessor, exist_ok=True)
 AutoProcessor.register(Qwen2_5_VLConfig, ImageOnlyQwen2VLProcessor, exist_ok=True)
 AutoProcessor.register(SmolVLMConfig, ImageOnlySmolVLMProcessor, exist_ok=True)
+
+# A real checkpoint's processor config names the stock class ("Qwen2VLProcessor"), whose video slot fails to load
+# here; for these model types the image-only class is loaded instead (it reads the same files).
+IMAGE_ONLY_PROCESSORS: dict[str, type[ProcessorMixin]] = {
+    "qwen2_vl": ImageOnlyQwen2VLProcessor,
+    "qwen2_5_vl": ImageOnlyQwen2VLProcessor,
+    "smolvlm": ImageOnlySmolVLMProcessor,
+}
+
+
+def load_processor(source: str, *, cache_dir: str | None = None) -> ProcessorMixin:
+    """`AutoProcessor.from_pretrained(source)`, or the image-only processor for the families that need one."""
+    model_type = AutoConfig.from_pretrained(source, cache_dir=cache_dir).model_type
+    loader = IMAGE_ONLY_PROCESSORS.get(model_type, AutoProcessor)
+    return loader.from_pretrained(source, cache_dir=cache_dir)
 
 
 # --------------------------------------------------------------------------------------------------------------

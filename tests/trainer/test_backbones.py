@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
-from transformers import Idefics3ForConditionalGeneration, LlavaForConditionalGeneration
+from transformers import AutoProcessor, Idefics3ForConditionalGeneration, LlavaForConditionalGeneration
 
 from trainer.backbones import (
     IMAGE_TOKEN,
@@ -74,3 +78,21 @@ def test_unknown_backbone_gives_a_clear_error(tmp_path):
         load_backbone(str(tmp_path / "missing-model"))
     with pytest.raises(ValueError, match="Unknown tiny preset"):
         ensure_tiny_preset("huge", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "stock"), [("tiny-qwen2-vl", "Qwen2VLProcessor"), ("tiny-smolvlm", "SmolVLMProcessor")]
+)
+def test_a_folder_naming_the_stock_processor_loads_with_the_image_only_one(name, stock, backbone_cache, tmp_path):
+    """Real Qwen2-VL / SmolVLM checkpoints name their stock processor, whose video slot needs torchvision."""
+    folder = tmp_path / name
+    shutil.copytree(Path(backbone_cache) / name, folder)
+    config_file = folder / "processor_config.json"
+    config = json.loads(config_file.read_text())
+    config["processor_class"] = stock
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(OSError, match="video processor"):  # what AutoProcessor does with it here
+        AutoProcessor.from_pretrained(folder)
+    loaded = load_backbone(str(folder))
+    assert type(loaded.processor).__name__ == f"ImageOnly{stock}" and not loaded.is_tiny
+    assert loaded.processor.chat_template == load_backbone(name, cache_dir=backbone_cache).processor.chat_template
