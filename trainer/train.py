@@ -40,7 +40,9 @@ class TrainConfig(DictConfig):
     max_steps: int | None = _help("Stop after this many optimizer steps (None: run every epoch).", default=None)
     batch_size: int = _help("Votes (pairs) per micro-batch and process; each is two sequences.", default=8)
     grad_accum: int = _help("Micro-batches per optimizer step.", default=1)
-    lr: float = _help("Peak learning rate (AdamW).", default=1e-3)
+    lr: float = _help(
+        "Peak learning rate (AdamW); 3e-4 keeps what the pretrained preset learned (docs/benchmarks.md).", default=3e-4
+    )
     weight_decay: float = _help("AdamW weight decay (not applied to biases and norms).", default=0.01)
     warmup_ratio: float = _help("Share of the steps spent warming the learning rate up linearly.", default=0.05)
     min_lr_ratio: float = _help("The cosine decays to this fraction of the peak learning rate.", default=0.1)
