@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.auth import is_loopback
 from app.deps import Deps
 from app.heap import settle
+from app.network import is_loopback
 from storage.db import make_engine, session_factory, upgrade
 from storage.demo import ensure_demo_data
 from storage.models import User

@@ -8,7 +8,6 @@ takes effect at once, also for sessions that are already logged in.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -144,13 +143,3 @@ def login_checker(
         return succeeded
 
     return login
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (127.0.0.0/8, ::1, "localhost")."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name may resolve anywhere: treat it as public

@@ -10,9 +10,11 @@ For each model size, side by side in one process, variants interleaved round-rob
     generative judge on the same backbone (one sequence with source, A and B; `generate` exactly N rationale tokens,
     then one cached forward of "\\nVerdict:" and a comparison of the next-token logits of " A" and " B").
 (b) JRM scoring vs the bare prefill floor: the backbone's base model on the same batch, hidden states only.
-(c) peak memory: each variant in a fresh subprocess loaded from a saved checkpoint (the scorer with `lm_head=False`,
-    the judge with its head), at each `--memory-batches` size: the Linux peak RSS (VmHWM, reset just before the call)
-    minus the RSS before the model was loaded; on CUDA also torch.cuda.max_memory_allocated.
+(c) peak memory: each variant in a fresh subprocess loaded from a saved checkpoint in `--memory-dtype` (the scorer
+    with the one scorer loader `trainer.scorer.load_scorer_model`, which never reads the LM head; the full model and
+    the judge with `JointRewardModel.load`, head included): the Linux peak RSS (VmHWM, reset just before the call)
+    during the load and at each `--memory-batches` size, minus the RSS before the model was loaded; on CUDA also
+    torch.cuda.max_memory_allocated.
 (d) one training step (forward + backward + AdamW) with λ = 0.5 and rationale tokens vs the BT-only step (λ = 0,
     no rationale tokens), at `--train-pairs` pairs.
 
@@ -60,7 +62,9 @@ from bench.scoring_setup import (  # noqa: E402
     sync_device,
     train_step,
 )
+from storage.settings import SCORER_DTYPES, load_settings  # noqa: E402
 from trainer.model import JointRewardModel  # noqa: E402
+from trainer.scorer import load_scorer_model, scorer_dtype  # noqa: E402
 
 FLOOR_BUDGET_S = 12.0  # prefill vs JRM differ little: 2-5 × --repeats rounds, more while under this budget
 TRAIN_BUDGET_S = 20.0  # training steps: 3 rounds, more (up to --train-repeats) while under this budget
@@ -202,7 +206,9 @@ def memory_child(args: argparse.Namespace) -> None:
     }
     _release_freed_memory()
     before = _status_kib("VmRSS")  # interpreter, libraries and encoded inputs; no model yet
-    model = JointRewardModel.load(args.checkpoint, device=device, lm_head=variant != "scorer-dropped")
+    loaded: list[JointRewardModel] = []
+    load_peak = _peak_of(lambda: loaded.append(_load_variant(variant, args, device)), device)
+    model = loaded.pop()
 
     def run(b: int) -> object:
         batch, judge_batch = inputs[b]
@@ -210,16 +216,29 @@ def memory_child(args: argparse.Namespace) -> None:
 
     run(min(args.memory_batches))  # warm-up: the weights this variant reads become resident (mmap'd lazily)
     _release_freed_memory()
-    result = {"resident_mib": (_status_kib("VmRSS") - before) / 1024, "peaks": {}}
+    result = {
+        "load": {"rss_mib": (load_peak["rss_kib"] - before) / 1024, "cuda_mib": load_peak.get("cuda_mib")},
+        "resident_mib": (_status_kib("VmRSS") - before) / 1024,
+        "peaks": {},
+    }
     for b in args.memory_batches:
         peak = _peak_of(lambda b=b: run(b), device)
         result["peaks"][str(b)] = {"rss_mib": (peak["rss_kib"] - before) / 1024, "cuda_mib": peak.get("cuda_mib")}
     print(json.dumps(result))
 
 
+def _load_variant(variant: str, args: argparse.Namespace, device: torch.device) -> JointRewardModel:
+    """The scorer through the one scorer loader; the full model and the judge with their LM head."""
+    if variant == "scorer":
+        settings = load_settings(environ={"JRM_SCORER_DTYPE": args.memory_dtype})
+        return load_scorer_model(args.checkpoint, settings=settings, device=str(device))
+    dtype = scorer_dtype(args.memory_dtype, device)
+    return JointRewardModel.load(args.checkpoint, device=device, dtype=dtype)
+
+
 def memory_rows(model: JointRewardModel, args: argparse.Namespace) -> list[tuple[str, dict]]:
     """(c): each variant in its own fresh interpreter, loaded from a saved checkpoint of `model`."""
-    variants = ["scorer-dropped:0", "scorer-kept:0"] + [f"judge:{n}" for n in args.memory_tokens]
+    variants = ["scorer:0", "full:0"] + [f"judge:{n}" for n in args.memory_tokens]
     # A fixed mmap threshold makes glibc return every large freed block at once: without it, whether activations
     # are reused or kept varies run to run (peaks moved by ~50 MiB), and the peak RSS stops measuring live memory.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
@@ -229,7 +248,7 @@ def memory_rows(model: JointRewardModel, args: argparse.Namespace) -> list[tuple
         for variant in variants:
             command = [sys.executable, __file__, "--memory-child", variant, "--checkpoint", folder]
             command += ["--memory-batches", ",".join(map(str, args.memory_batches)), "--threads", str(args.threads)]
-            command += ["--device", args.device]
+            command += ["--device", args.device, "--memory-dtype", args.memory_dtype]
             done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
             rows.append((variant, json.loads(done.stdout.strip().splitlines()[-1])))
     return rows
@@ -256,10 +275,12 @@ def main(argv: list[str] | None = None) -> None:
     for hidden, layers in zip(args.hidden, args.layers, strict=True):
         model = build_model(args.backbone, hidden, layers, args.cache_dir).to(device)
         name = args.backbone if not (hidden or layers) else f"{args.backbone} resized"
-        grid, overhead = speed_rows(model, pairs, args, device)
-        results = {"grid": grid, "overhead": overhead}
-        results["memory"] = memory_rows(model, args) if args.memory_tokens else []
-        results["train"] = train_rows(model, pairs, args, device)
+        results = {}
+        if not args.memory_only:
+            results["grid"], results["overhead"] = speed_rows(model, pairs, args, device)
+        results["memory"] = memory_rows(model, args) if args.memory_tokens or args.memory_only else []
+        if not args.memory_only:
+            results["train"] = train_rows(model, pairs, args, device)
         report(name, model, results)
     print(f"\nTotal {time.perf_counter() - start:.0f} s.")
 
@@ -280,6 +301,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-repeats", type=int, default=5)
     parser.add_argument("--memory-tokens", type=_ints, default=[256], help="judge N for memory ('' to skip)")
     parser.add_argument("--memory-batches", type=_ints, default=[1, 16], help="batch sizes (pairs) for memory")
+    parser.add_argument(
+        "--memory-dtype", choices=SCORER_DTYPES, default="auto", help="dtype every memory variant is loaded in"
+    )
+    parser.add_argument("--memory-only", action="store_true", help="only (c), the memory table")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--cache-dir", default=None, help="where tiny presets are built (default: the data dir)")

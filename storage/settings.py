@@ -10,6 +10,9 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+SCORER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+REWARD_TOKEN_MIN_CHARS = 16
+
 
 class SettingsError(ValueError):
     """A `JRM_*` value that cannot be used; the message names the variable and what to change."""
@@ -38,6 +41,8 @@ class Settings:
     assignment_ttl_s: int = _help("Seconds a pair stays reserved for the annotator it was shown to.",
                                   default=600)
     torch_threads: int = _help("torch intra-op threads in the worker, the scorer and the tests.", default=1)
+    scorer_dtype: str = _help("dtype of the scorer's backbone: auto (bfloat16 on CUDA, float32 on CPU), float32, "
+                              "bfloat16 or float16; the reward head stays float32.", default="auto")
     retrain_min_votes: int = _help("New training votes (held-out tasks excluded) since the last successful run "
                                    "that queue a retrain.", default=50)
     retrain_check_minutes: float = _help("Minutes between the worker's retrain-threshold checks (0: no check).",
@@ -61,6 +66,20 @@ class Settings:
                                      "within minutes (0: the training defaults).", default=150)
     demo_tasks: int = _help("Demo tasks the app seeds into an empty store on its first start (0: none).",
                             default=200)
+    reward_host: str = _help("Interface the reward server (`python -m app.rewards`) binds to; an address other "
+                             "than loopback needs JRM_REWARD_TOKEN.", default="127.0.0.1")
+    reward_port: int = _help("TCP port of the reward server.", default=8008)
+    reward_token: str = _help("Bearer token the reward server requires (empty: none, loopback only); at least "
+                              f"{REWARD_TOKEN_MIN_CHARS} characters.", default="", repr=False)
+    reward_max_batch: int = _help("Most (source, edited) items per model forward in the reward server.", default=32)
+    reward_batch_wait_ms: float = _help("Milliseconds the reward server waits for more items after the first of a "
+                                        "batch.", default=10.0)
+    reward_max_queue: int = _help("Items the reward server queues before it answers 429 (retry later).",
+                                  default=1024)
+    reward_max_items: int = _help("Most items in one reward request.", default=256)
+    reward_max_body_mb: float = _help("Largest reward request body, in MB.", default=256.0)
+    reward_max_request_megapixels: float = _help("Most decoded megapixels of distinct images in one reward "
+                                                 "request.", default=512.0)
 
     def __post_init__(self) -> None:
         if self.max_upload_mb <= 0:
@@ -79,8 +98,12 @@ class Settings:
             raise SettingsError("JRM_ASSIGNMENT_TTL_S must be >= 1 second.")
         if self.torch_threads < 1:
             raise SettingsError("JRM_TORCH_THREADS must be >= 1.")
+        if self.scorer_dtype not in SCORER_DTYPES:
+            raise SettingsError(f"JRM_SCORER_DTYPE={self.scorer_dtype!r} is not one of {', '.join(SCORER_DTYPES)} "
+                                "(auto: bfloat16 on CUDA, float32 on CPU).")
         self._check_worker()
         self._check_app()
+        self._check_rewards()
 
     def _check_app(self) -> None:
         if not self.host.strip():
@@ -91,6 +114,22 @@ class Settings:
             raise SettingsError("JRM_FIRST_RUN_MAX_STEPS must be >= 0 (0: the training defaults).")
         if self.demo_tasks < 0:
             raise SettingsError("JRM_DEMO_TASKS must be >= 0 (0: do not seed demo data).")
+
+    def _check_rewards(self) -> None:
+        if not self.reward_host.strip():
+            raise SettingsError("JRM_REWARD_HOST is empty; use 127.0.0.1 (this machine only) or an interface address.")
+        if not 1 <= self.reward_port <= 65535:
+            raise SettingsError(f"JRM_REWARD_PORT must be a TCP port from 1 to 65535, got {self.reward_port}.")
+        if self.reward_token and len(self.reward_token) < REWARD_TOKEN_MIN_CHARS:
+            raise SettingsError(f"JRM_REWARD_TOKEN is shorter than {REWARD_TOKEN_MIN_CHARS} characters; use a random "
+                                "one, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'.")
+        if self.reward_max_batch < 1 or self.reward_batch_wait_ms < 0:
+            raise SettingsError("JRM_REWARD_MAX_BATCH must be >= 1 and JRM_REWARD_BATCH_WAIT_MS >= 0.")
+        if not 1 <= self.reward_max_items <= self.reward_max_queue:
+            raise SettingsError("Need 1 <= JRM_REWARD_MAX_ITEMS <= JRM_REWARD_MAX_QUEUE (a request must fit in the "
+                                "queue).")
+        if self.reward_max_body_mb <= 0 or self.reward_max_request_megapixels <= 0:
+            raise SettingsError("JRM_REWARD_MAX_BODY_MB and JRM_REWARD_MAX_REQUEST_MEGAPIXELS must be > 0.")
 
     def _check_worker(self) -> None:
         if self.retrain_min_votes < 1:
@@ -127,6 +166,10 @@ class Settings:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def reward_max_body_bytes(self) -> int:
+        return int(self.reward_max_body_mb * 1024 * 1024)
 
 
 def _check_crontab(line: str) -> None:
@@ -183,6 +226,12 @@ def password_from_env(environ: dict[str, str] | None = None) -> str | None:
     """`JRM_USER_PASSWORD`, read for non-interactive `storage users add`."""
     environ = os.environ if environ is None else environ
     return environ.get("JRM_USER_PASSWORD") or None
+
+
+def reward_token_from_env(environ: dict[str, str] | None = None) -> str | None:
+    """`JRM_REWARD_TOKEN`, read by `app.rewards.RewardClient` when it is given no token."""
+    environ = os.environ if environ is None else environ
+    return environ.get("JRM_REWARD_TOKEN") or None
 
 
 def postgres_test_url(environ: dict[str, str] | None = None) -> str | None:

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help="Seed for the head's init and the data order.")
     train.add_argument("--finetune", choices=("full", "lora"), help="Train every weight, or LoRA adapters + head.")
     train.add_argument(
+        "--mixed-precision", choices=("no", "bf16"), help="bf16 autocast for training on a GPU (default: no)."
+    )
+    train.add_argument(
         "--max-image-pixels", type=_positive_int, help="Pixel budget per image (dynamic-resolution backbones)."
     )
     train.add_argument("--no-promote", action="store_true", help="Publish the version but skip the promotion gate.")
@@ -105,6 +108,7 @@ TRAIN_FLAGS = {  # CLI option → run params key
     "seed": "seed",
     "finetune": "finetune",
     "max_image_pixels": "max_image_pixels",
+    "mixed_precision": "mixed_precision",
 }
 
 
@@ -193,8 +197,8 @@ def _load_version(session, settings, spec: str | None):
     from sqlalchemy import select
 
     from storage.models import ModelVersion
-    from trainer.model import JointRewardModel
     from trainer.registry import active_version, verify_version_files, version_dir
+    from trainer.scorer import load_scorer_model
 
     if spec is None:
         version = active_version(session)
@@ -207,7 +211,10 @@ def _load_version(session, settings, spec: str | None):
             raise CliError(f"No model version {spec!r}; give a name such as v0001 or an id.")
     path = version_dir(settings, version)
     verify_version_files(path)
-    return version, JointRewardModel.load(path, lm_head=False, cache_dir=settings.data_dir / "backbones")
+    try:
+        return version, load_scorer_model(path, settings=settings)
+    except ValueError as exc:  # e.g. a LoRA version whose base changed: the message says what to do
+        raise CliError(f"Cannot load model version {version.name}: {exc}") from None
 
 
 def command_evaluate(args: argparse.Namespace) -> int:

@@ -280,7 +280,7 @@ def load_backbone(
         model=model,
         processor=processor,
         name=name_or_path,
-        image_size=_image_size(model),
+        image_size=image_size_of(model),
         is_tiny=is_tiny,
         reward_head=_pretrained_head(head if head is not None else Path(source)),
     )
@@ -297,7 +297,7 @@ def preset_names() -> list[str]:
     return [*SHIPPED_PRESETS, *TINY_PRESETS]
 
 
-def _image_size(model: PreTrainedModel) -> int:
+def image_size_of(model: PreTrainedModel) -> int:
     """The vision tower's input side in pixels (0 when the config does not say)."""
     vision = getattr(model.config, "vision_config", None)
     size = getattr(vision, "image_size", 0) if vision is not None else 0

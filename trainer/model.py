@@ -8,6 +8,7 @@ and only when `with_lm=True`, so scoring never computes vocabulary logits. See d
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trainer.backbones import Backbone, load_backbone
+from trainer.base_identity import describe_base, verified_base_folder
 from trainer.configs import DictConfig
 from trainer.losses import IGNORE_INDEX, lm_nll
 from trainer.prompting import Batch
@@ -111,7 +113,9 @@ class DroppedLMHead(nn.Module):
     """Stands in for a removed LM head; calling it is a bug in scorer mode."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("The LM head was dropped (scorer mode); load the model with lm_head=True to train.")
+        raise RuntimeError(
+            "This model was loaded for scoring, without its LM head; load it with JointRewardModel.load to train."
+        )
 
 
 def make_reward_head(hidden_size: int, head_hidden: int, activation: str) -> nn.Sequential:
@@ -131,15 +135,22 @@ class JointRewardModel(nn.Module):
         self.jrm_config = config  # not `config`: peft reads `model.config` as a transformers config
         hidden = self.hidden_size
         self.reward_head = make_reward_head(hidden, config.head_hidden or hidden, config.head_activation)
-        self.lm_head_dropped = False
+        self.lm_head_dropped = False  # True when loaded for scoring (trainer.scorer): no LM loss, no save
+        self.base_cache_dir: str | Path | None = None  # where a named base is built or cached (LoRA records its files)
 
     @classmethod
     def from_config(
-        cls, config: JRMConfig, *, cache_dir: str | Path | None = None, dtype: torch.dtype | None = None
+        cls,
+        config: JRMConfig,
+        *,
+        cache_dir: str | Path | None = None,
+        dtype: torch.dtype | None = None,
+        backbone: Backbone | None = None,
     ) -> JointRewardModel:
-        """Load `config.backbone` with a reward head (a preset's pretrained one when it fits, else fresh), and
-        LoRA adapters when `finetune == 'lora'`."""
-        backbone = load_backbone(config.backbone, cache_dir=cache_dir, dtype=dtype)
+        """Load `config.backbone` (unless `backbone` is that base, loaded already) with a reward head (a preset's
+        pretrained one when it fits, else fresh), and LoRA adapters when `finetune == 'lora'`."""
+        if backbone is None:
+            backbone = load_backbone(config.backbone, cache_dir=cache_dir, dtype=dtype)
         set_pixel_budget(
             backbone.processor,
             min_pixels=config.min_image_pixels,
@@ -147,6 +158,7 @@ class JointRewardModel(nn.Module):
             backbone=config.backbone,
         )
         model = cls(backbone, config)
+        model.base_cache_dir = cache_dir
         if backbone.reward_head is not None:
             model.start_from_pretrained_head(backbone.reward_head)
         if config.finetune == "lora":
@@ -214,7 +226,7 @@ class JointRewardModel(nn.Module):
     def _rationale_nll(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean NLL of labelled tokens: the LM head runs on the positions that predict them, nowhere else."""
         if self.lm_head_dropped:
-            raise RuntimeError("with_lm=True needs the LM head, but drop_lm_head() removed it.")
+            raise RuntimeError("with_lm=True needs the LM head, but this model was loaded for scoring without it.")
         targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
         mask = targets != IGNORE_INDEX  # (B, T-1)
         selected = hidden[:, :-1][mask]  # (N, H)
@@ -224,23 +236,20 @@ class JointRewardModel(nn.Module):
             logits = torch.tanh(logits / cap) * cap
         return lm_nll(logits, targets[mask])
 
-    def drop_lm_head(self) -> None:
-        """Free the LM head (scorer mode): scoring never needs it; training and saving then refuse to run."""
-        if self.backbone.get_output_embeddings() is None:
-            raise TypeError(f"{type(self.backbone).__name__} has no LM head to drop.")
-        self.backbone.set_output_embeddings(DroppedLMHead())
-        self.lm_head_dropped = True
-
     def save(self, path: str | Path) -> Path:
-        """Write config JSON, the reward head (safetensors) and the backbone (save_pretrained) or LoRA adapter."""
+        """Write config JSON, the reward head (safetensors) and the backbone (save_pretrained), or the LoRA adapter
+        and the identity of its base (its revision and file hashes, checked by every load)."""
         if self.lm_head_dropped:
-            raise RuntimeError("This model's LM head was dropped; save a model loaded with its LM head.")
+            raise RuntimeError("This model was loaded for scoring, without its LM head; save a model loaded with it.")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         meta = {"format": CHECKPOINT_FORMAT, "backbone_name": self.backbone_name, "jrm": self.jrm_config.to_dict()}
         if self.is_lora:  # adapter weights + the reward head (peft's modules_to_save); the base is referenced
             state = get_peft_model_state_dict(self)
             save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, path / "adapter.safetensors")
+            revision = getattr(self.backbone.config, "_commit_hash", None)
+            base = describe_base(self.jrm_config.backbone, cache_dir=self.base_cache_dir, revision=revision)
+            meta["base"] = base.to_dict()
         else:
             head_state = {k: v.detach().contiguous().cpu() for k, v in self.reward_head.state_dict().items()}
             save_file(head_state, path / "reward_head.safetensors")
@@ -257,27 +266,42 @@ class JointRewardModel(nn.Module):
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
         cache_dir: str | Path | None = None,
-        lm_head: bool = True,
     ) -> JointRewardModel:
-        """Load a `save()`d model in eval mode; `lm_head=False` drops the LM head before moving to `device`."""
+        """Load a `save()`d model with its LM head (to train on or save again) in eval mode; for scoring, versions are
+        loaded by `trainer.scorer.load_scorer_model`, which never materialises the LM head."""
+        model = cls.load_with(path, lambda folder: load_backbone(str(folder), dtype=dtype), cache_dir=cache_dir)
+        return model.to(device).eval()
+
+    @classmethod
+    def load_with(
+        cls, path: str | Path, load_base: Callable[[Path], Backbone], *, cache_dir: str | Path | None
+    ) -> JointRewardModel:
+        """A `save()`d model whose backbone `load_base(folder)` loads: from the version's `backbone/`, or for a LoRA
+        version from its base's folder (in `cache_dir` for a tiny preset or hub id) once the base's files are checked
+        against the version's record."""
         path = Path(path)
-        try:
-            meta = json.loads((path / "jrm_config.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{path} is not a saved joint reward model (jrm_config.json: {exc}).") from exc
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} has checkpoint format {meta.get('format')}; this code reads {CHECKPOINT_FORMAT}.")
+        meta = _read_meta(path)
         config = JRMConfig.from_dict(meta["jrm"])
         if config.finetune == "lora":
-            model = cls.from_config(config, cache_dir=cache_dir, dtype=dtype)
+            folder = verified_base_folder(path, meta.get("base"), name=config.backbone, cache_dir=cache_dir)
+            model = cls.from_config(config, cache_dir=cache_dir, backbone=load_base(folder))
             _load_adapter(model, load_file(path / "adapter.safetensors"))
         else:
-            model = cls(load_backbone(str(path / "backbone"), dtype=dtype), config)
+            model = cls(load_base(path / "backbone"), config)
             model.reward_head.load_state_dict(load_file(path / "reward_head.safetensors"))
         model.backbone_name = meta["backbone_name"]
-        if not lm_head:
-            model.drop_lm_head()
-        return model.to(device).eval()
+        return model
+
+
+def _read_meta(path: Path) -> dict:
+    """A saved model's jrm_config.json; a clear error when it is missing or of another format."""
+    try:
+        meta = json.loads((path / "jrm_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a saved joint reward model (jrm_config.json: {exc}).") from exc
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} has checkpoint format {meta.get('format')}; this code reads {CHECKPOINT_FORMAT}.")
+    return meta
 
 
 def apply_lora(

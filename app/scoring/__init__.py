@@ -2,16 +2,25 @@
 
 `ScoringService` (`service.py`) holds one *serving* reference: (version id, name, model). A poller thread (`start()`)
 asks the DB for the active version every `poll_interval_s`; when it changed, it loads the new version's files
-(hash-checked, LM head left off the device) while the old model keeps serving, then swaps the reference under a lock.
-Requests never wait for a load. A version that fails to load (missing or corrupt folder) is logged, kept in
-`last_error`, and retried only after `RETRY_FAILED_S`; the previous model keeps serving meanwhile. While a new model
-loads, two models are in memory.
+(hash-checked, with the one scorer loader `trainer.scorer.load_scorer_model`: the LM head is never loaded) while the
+old model keeps serving, then swaps the reference under a lock. Requests never wait for a load. A version that fails
+to load (missing or corrupt folder, a LoRA version whose base changed) is logged, kept in `last_error`, and retried
+only after `RETRY_FAILED_S`; the previous model keeps serving meanwhile. While a new model loads, two models are in
+memory.
 
-Requests (Gradio's worker threads) put one item per image into a queue; a single inference thread (`batching.py`)
-takes up to `max_batch` items, waiting at most `batch_wait_ms` for more after the first, and runs one
-`JointRewardModel.score` forward per batch on the serving model it read once for the batch. Every score comes back
-stamped with that model's version. A request whose scores came from two versions (a swap mid-request) is computed
-once more, so one answer never mixes versions.
+Requests (Gradio's worker threads, the reward server's request threads) put one item per image into a queue; a
+single inference thread (`batching.py`) takes up to `max_batch` items, waiting at most `batch_wait_ms` for more after
+the first, and runs one `JointRewardModel.score` forward per version in the batch. Every score comes back stamped with
+the version that computed it and the sha256 of that version's files. Uploads and `score_items` (the reward server)
+resolve their version once when the request starts and queue every item for it; candidate scores follow the serving
+version read once per batch, and a candidate request whose scores came from two versions (a swap mid-request) is
+computed once more, so one answer never mixes versions. With `max_queue` (the reward server) a request's items are
+queued all together or refused with `Overloaded`, so the queue stays bounded; the app's queue is not bounded.
+
+A request may also name a published version (`score_items(..., version="v0003")`): it is served from memory when it
+is the serving one or a loaded *pinned* version, and otherwise loaded in a background thread while the request is
+told to retry (`VersionLoading`); a version that cannot be loaded is `VersionUnavailable` with the reason, an unknown
+name `NotFound`. The `MAX_PINNED` most recently used pinned versions stay in memory (`pinned.py`).
 
 Each serving reference also keeps the version's promotion-gate floor verdict (`metrics["gate"]["passed_floor"]`,
 read with the version's row when it loads and on each poll, never per request) and every score carries it, so the app
@@ -23,24 +32,26 @@ DB sessions stay short and never span a model load or a forward: on SQLite every
 Request inputs are validated and read from the store in `inputs.py`.
 """
 
+from app.scoring.batching import Overloaded
 from app.scoring.inputs import MAX_UPLOAD_EDITS
 from app.scoring.service import ScoringService
 from app.scoring.versions import (
     NoScorerYet,
     ScoredItem,
     ServedVersion,
-    default_device,
+    VersionLoading,
+    VersionUnavailable,
     floor_verdict,
-    load_for_serving,
 )
 
 __all__ = [
     "MAX_UPLOAD_EDITS",
     "NoScorerYet",
+    "Overloaded",
     "ScoredItem",
     "ServedVersion",
     "ScoringService",
-    "default_device",
+    "VersionLoading",
+    "VersionUnavailable",
     "floor_verdict",
-    "load_for_serving",
 ]

@@ -69,12 +69,30 @@ def check_upload_images(source: Any, edited: Any, settings: Settings) -> None:
         raise InvalidInput("Add at least one edited image to score.")
     if len(edited) > MAX_UPLOAD_EDITS:
         raise InvalidInput(f"{len(edited)} edited images; score at most {MAX_UPLOAD_EDITS} at a time.")
-    for label, image in [("source image", source), *((f"edited image {i + 1}", e) for i, e in enumerate(edited))]:
-        if not isinstance(image, PIL.Image.Image):
-            raise InvalidInput(f"The {label} is missing or not a picture; upload a PNG, JPEG or WebP image.")
-        width, height = image.size
-        if min(width, height) < settings.min_image_side or width * height > settings.max_pixels:
-            raise InvalidInput(
-                f"The {label} is {width}x{height} pixels; each side must be at least {settings.min_image_side} and "
-                f"the area at most {settings.max_pixels / 1e6:g} megapixels."
-            )
+    check_picture("source image", source, settings)
+    for number, image in enumerate(edited, start=1):
+        check_picture(f"edited image {number}", image, settings)
+
+
+def check_picture(label: str, image: Any, settings: Settings) -> None:
+    """Raise InvalidInput unless `image` is a picture whose sides and area the store accepts."""
+    if not isinstance(image, PIL.Image.Image):
+        raise InvalidInput(f"The {label} is missing or not a picture; upload a PNG, JPEG or WebP image.")
+    width, height = image.size
+    if min(width, height) < settings.min_image_side or width * height > settings.max_pixels:
+        raise InvalidInput(
+            f"The {label} is {width}x{height} pixels; each side must be at least {settings.min_image_side} and "
+            f"the area at most {settings.max_pixels / 1e6:g} megapixels."
+        )
+
+
+def stored_pictures(
+    factory: sessionmaker[Session], settings: Settings, sha256s: list[str]
+) -> dict[str, PIL.Image.Image]:
+    """sha256 → decoded picture of the stored images among `sha256s` (rows in one short session, files after it)."""
+    if not sha256s:
+        return {}
+    with factory() as session:
+        rows = list(session.scalars(select(Image).where(Image.sha256.in_(sorted(set(sha256s))))))
+        session.expunge_all()
+    return {row.sha256: open_image(settings, row) for row in rows}

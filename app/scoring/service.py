@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -15,30 +16,37 @@ import PIL.Image
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.scoring.batching import Batcher, set_exception
+from app.scoring.batching import Batcher, Input, set_exception
 from app.scoring.cache import CandidateScoreCache
-from app.scoring.inputs import candidate_inputs, check_upload_images, distinct_candidate_ids, upload_instruction
+from app.scoring.inputs import (
+    candidate_inputs,
+    check_picture,
+    check_upload_images,
+    distinct_candidate_ids,
+    upload_instruction,
+)
+from app.scoring.pinned import PinnedVersions, State
 from app.scoring.versions import (
     Loader,
     NoScorerYet,
     ScoredItem,
     ServedVersion,
     Serving,
-    default_device,
     floor_verdict,
-    load_for_serving,
     stamp,
 )
 from storage.errors import InvalidInput, NotFound
 from storage.settings import Settings
-from trainer.registry import active_version, verify_version_files, version_dir
+from trainer.registry import active_version, files_sha256, get_version_by_name, verify_version_files, version_dir
+from trainer.scorer import default_device, load_scorer_model
 
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 300.0  # a request gives up waiting for its batch after this long (the queue is stuck)
 STOP_TIMEOUT_S = 10.0  # stop() waits this long per thread (both are daemons: a load in progress cannot hold exit)
-RETRY_FAILED_S = 60.0  # a version that failed to load is tried again after this long, if still active
-_ATTEMPTS = 2  # a request is recomputed once if a swap gave it scores of two versions
+RETRY_FAILED_S = 60.0  # a version that failed to load is tried again after this long, if still active (or asked for)
+MAX_PINNED = 2  # pinned versions (asked for by name) kept in memory besides the serving one
+_ATTEMPTS = 2  # a candidate request is recomputed once if a swap gave it scores of two versions
 
 
 class _Target(NamedTuple):
@@ -62,21 +70,35 @@ class ScoringService:
         loader: Loader | None = None,
         max_batch: int = 16,
         batch_wait_ms: float = 10.0,
+        max_queue: int | None = None,
+        device: str | None = None,
         after_swap: Callable[[], object] | None = None,
     ):
-        if not poll_interval_s > 0 or max_batch < 1 or not batch_wait_ms >= 0:
-            raise ValueError("ScoringService needs poll_interval_s > 0, max_batch >= 1 and batch_wait_ms >= 0.")
+        if (
+            not poll_interval_s > 0
+            or max_batch < 1
+            or not batch_wait_ms >= 0
+            or (max_queue is not None and max_queue < 1)
+        ):
+            raise ValueError(
+                "ScoringService needs poll_interval_s > 0, max_batch >= 1, batch_wait_ms >= 0 and max_queue >= 1."
+            )
         self._factory, self._settings = factory, settings
         self._poll_interval_s = poll_interval_s
-        self._loader = loader or load_for_serving
+        self._loader = loader or partial(load_scorer_model, settings=settings)  # the one scorer loader
         self._after_swap = after_swap  # called once the old model is dropped (the app settles its heap: app.heap)
-        self._device = default_device()
+        self._device = device or default_device()
         self._serving: Serving | None = None
         self._cache = CandidateScoreCache(factory)
         self._pending: dict[int, Future] = {}  # candidate id → its queued computation (shared by requests)
         self._failed: tuple[int, float] | None = None  # (version id, monotonic time) of the last failed load
         self.last_error: str | None = None
-        self._batcher = Batcher(lambda: self._serving, max_batch=max_batch, batch_wait_s=batch_wait_ms / 1000)
+        self._batcher = Batcher(
+            lambda: self._serving, max_batch=max_batch, batch_wait_s=batch_wait_ms / 1000, max_queue=max_queue
+        )
+        self._pinned = PinnedVersions(
+            self._named_target, self._load_target, capacity=MAX_PINNED, retry_failed_s=RETRY_FAILED_S
+        )
         self._swap_lock, self._refresh_lock, self._threads_lock = threading.Lock(), threading.Lock(), threading.Lock()
         self._pending_lock = threading.Lock()
         self._stop = threading.Event()
@@ -140,13 +162,18 @@ class ScoringService:
             if not self._should_load(target.version_id):
                 return False
             try:
-                verify_version_files(target.path)
-                model = self._loader(target.path, device=self._device)
+                serving = self._load_target(target)
             except Exception as exc:  # noqa: BLE001 - any load failure: keep serving the previous model
                 self._record_failure(target.version_id, target.name, exc)
                 return False
-            self._swap(Serving(target.version_id, target.name, model, target.passed_floor))
+            self._swap(serving)
             return True
+
+    def _load_target(self, target: _Target) -> Serving:
+        """`target`'s files hash-checked, then loaded by the one scorer loader (slow: never in a request)."""
+        verify_version_files(target.path)
+        model = self._loader(target.path, device=self._device)
+        return Serving(target.version_id, target.name, model, target.passed_floor, files_sha256(target.path))
 
     def _active_target(self) -> _Target | None:
         """The active version's id, name, folder and floor verdict, read in a short session (never held during a
@@ -161,6 +188,14 @@ class ScoringService:
             except InvalidInput as exc:  # a malformed path in the row
                 self._record_failure(version.id, version.name, exc)
                 return None
+
+    def _named_target(self, name: str) -> _Target:
+        """The version `name`'s id, folder and floor verdict (NotFound for an unknown name), in a short session."""
+        with self._factory() as session:
+            version = get_version_by_name(session, name=name)
+            return _Target(
+                version.id, version.name, version_dir(self._settings, version), floor_verdict(version.metrics)
+            )
 
     def _update_verdict(self, target: _Target) -> None:
         """The serving version's floor verdict as the DB has it now (a version gated again), without a reload."""
@@ -190,12 +225,13 @@ class ScoringService:
             old, self._serving = self._serving, new
             self._cache.reset(new.version_id)  # older versions' scores stay in the scores table
             self._failed, self.last_error = None, None
+        self._pinned.discard(new.name)  # served from `new` now: a pinned copy would only hold memory
         log.info("Serving scores from model version %s (was %s)", new.name, old.name if old else "none")
         had_old = old is not None
         del old  # nothing here holds the old model now, so the hook's collection can free it
         if self._after_swap is not None:
             self._after_swap()
-        if had_old and self._device == "cuda":
+        if had_old and torch.device(self._device).type == "cuda":
             torch.cuda.empty_cache()
 
     def _require_serving(self) -> Serving:
@@ -220,16 +256,89 @@ class ScoringService:
     def score_upload(
         self, *, source: PIL.Image.Image, instruction: str, edited: list[PIL.Image.Image]
     ) -> list[ScoredItem]:
-        """Scores of uploaded edits of `source` under `instruction`, in order (not cached)."""
+        """Scores of uploaded edits of `source` under `instruction`, in order (not cached); one version for all."""
         instruction = upload_instruction(instruction, self._settings)
         check_upload_images(source, edited, self._settings)
+        outcomes = self._score_inputs([(source, image, instruction) for image in edited], version=None)
+        for outcome in outcomes:
+            if isinstance(outcome, InvalidInput):
+                raise outcome
+        return outcomes
 
-        def once() -> list[ScoredItem]:
-            self._require_serving()
-            futures = [self._submit(source, image, instruction) for image in edited]
-            return [stamp(None, *self._wait(future)) for future in futures]
+    def score_items(self, items: Sequence[Input], *, version: str | None = None) -> list[ScoredItem | InvalidInput]:
+        """Scores of (source, edited, instruction) items in order, each a `ScoredItem` or the `InvalidInput` that
+        refused it; all by one version: the serving one, or the published version named `version`.
 
-        return _single_version(once)
+        Raises for the whole call: `NoScorerYet`, `NotFound` (no such version), `VersionLoading` (retry soon),
+        `VersionUnavailable` (it cannot be loaded), `Overloaded` (queue full: retry later)."""
+        outcomes: list[ScoredItem | InvalidInput | None] = []
+        valid: list[Input] = []
+        for source, edited, instruction in items:
+            try:
+                cleaned = upload_instruction(instruction, self._settings)
+                check_picture("source image", source, self._settings)
+                check_picture("edited image", edited, self._settings)
+            except InvalidInput as exc:
+                outcomes.append(exc)
+                continue
+            outcomes.append(None)
+            valid.append((source, edited, cleaned))
+        scored = iter(self._score_inputs(valid, version=version) if valid else [])
+        return [next(scored) if outcome is None else outcome for outcome in outcomes]
+
+    def serving_for(self, version: str | None) -> Serving:
+        """The model that scores a request: the serving version (None), or the published version named `version`
+        (the serving one when it is that; else pinned: loaded in the background, see `app.scoring.pinned`)."""
+        if version is None:
+            return self._require_serving()
+        serving = self._serving
+        if serving is not None and serving.name == version:
+            return serving
+        return self._pinned.get(version)
+
+    def version_state(self, version: str | None) -> tuple[State, Serving | None, str | None]:
+        """(state, model when ready, why when not) of the serving version (None) or a named one; starts nothing."""
+        serving = self._serving
+        if serving is not None and version in (None, serving.name):
+            return "ready", serving, None
+        return ("not loaded", None, self.last_error) if version is None else self._pinned.state(version)
+
+    def pinned_models(self) -> list[Serving]:
+        """The pinned versions in memory (besides the serving one), least recently used first."""
+        return self._pinned.loaded()
+
+    def wait_for_version(self, version: str, timeout_s: float) -> Serving:
+        """The named version, loading it if needed and waiting up to `timeout_s` (start-up and tests, not requests)."""
+        serving = self._serving
+        if serving is not None and serving.name == version:
+            return serving
+        return self._pinned.wait(version, timeout_s)
+
+    def check_room(self, items: int) -> None:
+        """Raise `Overloaded` now when `items` more would not fit in the queue (before the caller decodes them)."""
+        self._batcher.check_room(items)
+
+    @property
+    def queued_items(self) -> int:
+        """Items waiting for the inference thread (not yet in a batch)."""
+        return self._batcher.waiting
+
+    @property
+    def device(self) -> str:
+        """Where the models are loaded and run (`--device`, else a GPU when visible)."""
+        return self._device
+
+    def _score_inputs(self, inputs: list[Input], *, version: str | None) -> list[ScoredItem | InvalidInput]:
+        """Validated inputs queued together for one version (resolved once, so one answer never mixes versions)."""
+        futures: list[Future] = [Future() for _ in inputs]
+        self._enqueue(inputs, futures, self.serving_for(version))
+        outcomes: list[ScoredItem | InvalidInput] = []
+        for future in futures:
+            try:
+                outcomes.append(stamp(None, *self._wait(future)))
+            except InvalidInput as exc:  # the processor refused this item (see batching)
+                outcomes.append(exc)
+        return outcomes
 
     def _score_candidates_once(self, ids: list[int]) -> dict[int, ScoredItem]:
         serving = self._require_serving()
@@ -272,7 +381,7 @@ class ScoringService:
             inputs = candidate_inputs(self._factory, self._settings, list(claimed))
             for candidate_id, future in claimed.items():
                 if candidate_id in inputs:
-                    self._submit(*inputs[candidate_id], future=future)
+                    self._enqueue([inputs[candidate_id]], [future])
                 else:
                     set_exception(future, NotFound(f"candidate {candidate_id} does not exist."))
         except Exception as exc:
@@ -285,15 +394,12 @@ class ScoringService:
             if self._pending.get(candidate_id) is future:
                 del self._pending[candidate_id]
 
-    def _submit(
-        self, source: PIL.Image.Image, edited: PIL.Image.Image, instruction: str, future: Future | None = None
-    ) -> Future:
-        future = Future() if future is None else future
+    def _enqueue(self, inputs: list[Input], futures: list[Future], serving: Serving | None = None) -> None:
+        """Queue the inputs, scored by `serving` (None: the version serving when their batch runs)."""
         with self._threads_lock:
             self._check_running()
             self._batcher.start()
-            self._batcher.put(source, edited, instruction, future)
-        return future
+            self._batcher.put_many(inputs, futures, serving)
 
     @staticmethod
     def _wait(future: Future) -> tuple[float, Serving]:

@@ -1,21 +1,26 @@
-"""What a served model version is: its reference, the floor verdict it carries, the scores it stamps, its loader."""
+"""What a served model version is: its reference, the floor verdict it carries, the scores it stamps.
+
+Versions are loaded by the one scorer loader, `trainer.scorer.load_scorer_model`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import torch
-
-from trainer.model import JointRewardModel
 
 Loader = Callable[..., Any]  # loader(path, *, device) -> a model with .processor and .score(batch)
 
 
 class NoScorerYet(RuntimeError):
     """No model version is serving yet; the message is meant for users."""
+
+
+class VersionLoading(RuntimeError):
+    """A pinned version is being loaded in the background; ask again in a moment."""
+
+
+class VersionUnavailable(RuntimeError):
+    """A pinned version exists but cannot be loaded (missing or corrupt files, a changed LoRA base); says why."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class ScoredItem:
     version_id: int
     version_name: str
     passed_floor: bool | None = None  # that version's floor verdict (`floor_verdict`); None: never checked
+    model_sha256: str | None = None  # the version's files (`trainer.registry.files_sha256`)
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class Serving:
     name: str
     model: Any
     passed_floor: bool | None = None
+    model_sha256: str | None = None  # `trainer.registry.files_sha256` of the loaded folder
 
 
 def floor_verdict(metrics: object) -> bool | None:
@@ -56,16 +63,8 @@ def floor_verdict(metrics: object) -> bool | None:
     return verdict if isinstance(verdict, bool) else None
 
 
-def default_device() -> str:
-    """'cuda' when a GPU is visible, else 'cpu'."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_for_serving(path: Path, *, device: str) -> JointRewardModel:
-    """The default loader: a saved JRM in eval mode, its LM head dropped before it moves to `device`."""
-    return JointRewardModel.load(path, device=device, lm_head=False)
-
-
 def stamp(candidate_id: int | None, score: float, serving: Serving) -> ScoredItem:
     """`score` as a `ScoredItem` stamped with the version (and its floor verdict) that computed it."""
-    return ScoredItem(candidate_id, float(score), serving.version_id, serving.name, serving.passed_floor)
+    return ScoredItem(
+        candidate_id, float(score), serving.version_id, serving.name, serving.passed_floor, serving.model_sha256
+    )

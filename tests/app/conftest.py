@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from sqlalchemy import Engine, text  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
-from app.scoring import ScoringService, load_for_serving  # noqa: E402
+from app.scoring import ScoringService  # noqa: E402
 from storage.db import make_engine, session_factory, transaction, upgrade  # noqa: E402
 from storage.demo import build_demo  # noqa: E402
 from storage.models import Base  # noqa: E402
@@ -166,7 +166,7 @@ def publish_model_dir(
 
 @pytest.fixture
 def scoring_service(app_store) -> Iterator[ScoringService]:
-    service = ScoringService(app_store.factory, app_store.settings, loader=load_for_serving)
+    service = ScoringService(app_store.factory, app_store.settings)  # the one scorer loader
     assert service.refresh(), "the app store's active version did not load"
     yield service
     service.stop()

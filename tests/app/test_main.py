@@ -7,7 +7,7 @@ import time
 import pytest
 
 from app.__main__ import check_exposure, has_login, main, prepare_store, start_scoring
-from app.auth import is_loopback
+from app.network import is_loopback
 from storage.db import transaction
 from storage.repository import dataset_stats
 from storage.settings import load_settings

@@ -16,7 +16,7 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from app.scoring import NoScorerYet, ScoredItem, ScoringService, ServedVersion, floor_verdict, load_for_serving
+from app.scoring import NoScorerYet, ScoredItem, ScoringService, ServedVersion, floor_verdict
 from storage.errors import InvalidInput, NotFound
 from storage.images import open_image
 from storage.models import Candidate
@@ -25,8 +25,15 @@ from tests.app.conftest import SHIFT, publish_model_dir
 from tests.app.handler_support import set_gate
 from trainer.evaluate import score_images
 from trainer.registry import cached_scores
+from trainer.scorer import load_scorer_model
 
 TOLERANCE = 1e-5
+SCORER_SETTINGS = load_settings(environ={})  # float32 on CPU; the versions here are full ones, with no base to find
+
+
+def load_for_serving(path: Path, *, device: str):
+    """The service's own loader (`trainer.scorer.load_scorer_model`), as a test wraps it."""
+    return load_scorer_model(path, settings=SCORER_SETTINGS, device=device)
 
 
 class CountingLoader:

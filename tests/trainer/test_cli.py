@@ -184,3 +184,20 @@ def test_each_family_trains_full_and_lora_publishes_and_scores_through_the_cli(c
             model, source=Image.open(source), instruction="make the ball red", edited=[Image.open(edited)]
         )
         assert result["score"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_train_flags_become_run_params():
+    from trainer.__main__ import build_parser, train_params
+
+    args = build_parser().parse_args(
+        ["train", "--backbone", "tiny-qwen2-vl", "--finetune", "lora", "--max-image-pixels", "2048"]
+        + ["--mixed-precision", "bf16", "--lr", "3e-4"]
+    )
+    assert train_params(args) == {
+        "backbone": "tiny-qwen2-vl",
+        "finetune": "lora",
+        "max_image_pixels": 2048,
+        "mixed_precision": "bf16",
+        "lr": 3e-4,
+    }
+    assert train_params(build_parser().parse_args(["train"])) == {}  # nothing given: the configs' defaults

@@ -1,4 +1,8 @@
-"""The one forward: prompt building, training steps, scoring without the LM head, causality, save/load, LoRA."""
+"""The one forward: prompt building, training steps, scoring without the LM head, causality, save/load, LoRA.
+
+Loading a version for scoring (no LM head, serving dtype) is tested in test_scorer.py; LoRA base identity in
+test_base_identity.py.
+"""
 
 from __future__ import annotations
 
@@ -262,30 +266,6 @@ def test_lora_from_config(backbone_cache):
     assert model.is_lora
     with pytest.raises(ValueError, match="already has LoRA"):
         apply_lora(model, rank=2, alpha=4, target_modules=("q_proj",), dropout=0.0)
-
-
-def test_drop_lm_head(make_model, tmp_path, backbone_cache):
-    model = make_model("tiny")
-    batch = collate([example(model, 0), example(model, 1)], model.processor)
-    expected = model.score(batch)
-    n_params = sum(p.numel() for p in model.parameters())
-    head_params = model.backbone.get_output_embeddings().weight.numel()
-    model.drop_lm_head()
-    assert sum(p.numel() for p in model.parameters()) == n_params - head_params  # the head's memory is gone
-    torch.testing.assert_close(model.score(batch), expected, rtol=0, atol=0)
-    with pytest.raises(RuntimeError, match="drop_lm_head"):
-        model(batch, with_lm=True)
-    with pytest.raises(RuntimeError, match="LM head was dropped"):
-        model.save(tmp_path / "nope")
-
-
-def test_load_without_lm_head(make_model, tmp_path, backbone_cache):
-    model = make_model("tiny-idefics3")
-    batch = collate([example(model, 0)], model.processor)
-    model.save(tmp_path / "jrm")
-    scorer = JointRewardModel.load(tmp_path / "jrm", lm_head=False)
-    assert scorer.lm_head_dropped
-    torch.testing.assert_close(scorer.score(batch), model.score(batch), rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------------- config

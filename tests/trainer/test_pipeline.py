@@ -21,9 +21,9 @@ from trainer import judge, pipeline
 from trainer.data import HELDOUT, eval_pairs, load_snapshot
 from trainer.evaluate import evaluate_pairs
 from trainer.gate import GateConfig
-from trainer.model import JointRewardModel
 from trainer.pipeline import RunCancelled, RunReporter, create_run, parse_params, run_training_job
 from trainer.registry import promote_version, verify_version_files, version_dir
+from trainer.scorer import load_scorer_model
 from trainer.train import ProgressEvent
 
 DEMO_TASKS = 16  # ≈ 100 votes; seed 0 puts a few (3–4) of the 16 tasks in the held-out split
@@ -218,7 +218,7 @@ def test_the_active_version_is_scored_on_the_new_runs_heldout_votes(sqlite_demo,
     second = run_training_job(sqlite_demo, run_id=queue(sqlite_demo, {**FAST, **NO_FLOOR}), settings=settings)
     with sqlite_demo() as session:
         snapshot = load_snapshot(session.get(TrainingRun, second.run_id).snapshot_path)
-    active_model = JointRewardModel.load(version_dir(settings, first), lm_head=False)  # as load_scorer loads it
+    active_model = load_scorer_model(version_dir(settings, first), settings=settings, device="cpu")  # as the gate
     heldout = eval_pairs(snapshot.split(HELDOUT))
     gate = second.metrics["gate"]
     assert gate["n_tasks"] > first.metrics["gate"]["n_tasks"]  # the split grew

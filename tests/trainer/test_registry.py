@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -574,21 +573,6 @@ def test_load_scorer_refuses_corrupt_files(session, settings):
     (version_dir(settings, version) / "model.safetensors").write_bytes(b"truncated")
     with pytest.raises(VersionFilesError, match=r"model\.safetensors does not match"):
         load_scorer(session, settings=settings, loader=TinyModel.load)
-
-
-def test_load_scorer_defaults_to_joint_reward_model(session, settings, monkeypatch):
-    calls = []
-    fake = types.ModuleType("trainer.model")
-    fake.JointRewardModel = types.SimpleNamespace(
-        load=lambda path, *, device, lm_head, cache_dir: calls.append((path, device, lm_head, cache_dir)) or "jrm"
-    )
-    monkeypatch.setitem(sys.modules, "trainer.model", fake)
-    version = publish(session, settings, accuracy=0.5)
-    gate(session, settings, version)
-
-    assert load_scorer(session, settings=settings, device="cuda:1") == (version, "jrm")
-    # A scorer never loads the LM head; a LoRA version finds its base backbone in the data folder's cache.
-    assert calls == [(version_dir(settings, version), "cuda:1", False, settings.data_dir / "backbones")]
 
 
 # --- scores ----------------------------------------------------------------------------------------------

@@ -11,7 +11,14 @@ One concern per module: `files` (folders, manifests, hashes), `publish` (staging
 `scores` (the score cache). The gate's decision itself is `trainer.gate`; its measurements `trainer.judge`.
 """
 
-from trainer.registry.files import MANIFEST, MANIFEST_FORMAT, VersionFilesError, verify_version_files, version_dir
+from trainer.registry.files import (
+    MANIFEST,
+    MANIFEST_FORMAT,
+    VersionFilesError,
+    files_sha256,
+    verify_version_files,
+    version_dir,
+)
 from trainer.registry.publish import (
     TMP_PREFIX,
     StagedVersion,
@@ -20,7 +27,7 @@ from trainer.registry.publish import (
     stage_version,
     sweep_incomplete,
 )
-from trainer.registry.reading import active_version, get_version, list_versions, load_scorer
+from trainer.registry.reading import active_version, get_version, get_version_by_name, list_versions, load_scorer
 from trainer.registry.scores import cached_scores, record_scores
 from trainer.registry.switch import (
     MAX_REASON_CHARS,
@@ -47,7 +54,9 @@ __all__ = [
     "add_version",
     "apply_promotion_gate",
     "cached_scores",
+    "files_sha256",
     "get_version",
+    "get_version_by_name",
     "list_versions",
     "load_scorer",
     "promote_version",

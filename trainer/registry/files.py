@@ -110,6 +110,14 @@ def verify_version_files(path: Path) -> None:
             raise VersionFilesError(f"{file} does not match its sha256 in {MANIFEST}; the version is corrupt.")
 
 
+def files_sha256(path: Path) -> str:
+    """One sha256 for a version's content: of the manifest's {file: sha256} map as sorted JSON. Name and publish time
+    are left out, so the same weights published twice get the same value; call `verify_version_files` first."""
+    files = _read_manifest(path)["files"]
+    listing = {relative: entry.get("sha256") if isinstance(entry, dict) else None for relative, entry in files.items()}
+    return hashlib.sha256(json.dumps(listing, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def require_files(settings: Settings, version: ModelVersion) -> None:
     """`verify_version_files` of `version`'s folder."""
     verify_version_files(version_dir(settings, version))

@@ -1,9 +1,9 @@
-"""Reading the registry: versions by id, the active one, the list; and `load_scorer`, the one scorer loader."""
+"""Reading the registry: versions by id, the active one, the list; and `load_scorer`, the active version loaded by
+the one scorer loader (`trainer.scorer.load_scorer_model`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -24,6 +24,14 @@ def get_version(session: Session, *, version_id: int) -> ModelVersion:
     return version
 
 
+def get_version_by_name(session: Session, *, name: str) -> ModelVersion:
+    """The version named `name` (e.g. "v0003"), or `NotFound`."""
+    version = session.scalars(select(ModelVersion).where(ModelVersion.name == name)).one_or_none()
+    if version is None:
+        raise NotFound(f"No model version named {name!r}; the Research tab lists the published ones.")
+    return version
+
+
 def active_version(session: Session) -> ModelVersion | None:
     """The version the app serves, or None before the first promotion."""
     return session.scalars(select(ModelVersion).where(ModelVersion.status == "active")).one_or_none()
@@ -35,13 +43,6 @@ def list_versions(session: Session, *, status: str | None = None) -> list[ModelV
     if status is not None:
         query = query.where(ModelVersion.status == status)
     return list(session.scalars(query))
-
-
-def _default_loader(path: Path, *, device: str, cache_dir: Path) -> Any:
-    from trainer.model import JointRewardModel  # lazy: the registry must not pull in torch models on import
-
-    # A scorer never needs the LM head; `cache_dir` holds the base backbone a LoRA version refers to.
-    return JointRewardModel.load(path, device=device, lm_head=False, cache_dir=cache_dir)
 
 
 def _active_for_loading(session: Session) -> ModelVersion | None:
@@ -70,7 +71,9 @@ def load_scorer(
 ) -> tuple[ModelVersion, Any] | None:
     """(active version, loaded model), or None when no version is active; files are hash-checked first.
 
-    Pass a session with no transaction open and none is held during the (slow) hash check and load.
+    The model comes from `trainer.scorer.load_scorer_model` (no LM head, the `JRM_SCORER_DTYPE` dtype; a LoRA version
+    whose base changed is refused) unless `loader(path, device=…)` is given. Pass a session with no transaction open
+    and none is held during the (slow) hash check and load.
     """
     version = _active_for_loading(session)
     if version is None:
@@ -79,5 +82,7 @@ def load_scorer(
     if verify:
         verify_version_files(path)
     if loader is None:
-        return version, _default_loader(path, device=device, cache_dir=settings.data_dir / "backbones")
+        from trainer.scorer import load_scorer_model  # lazy: the registry must not pull in torch models on import
+
+        return version, load_scorer_model(path, settings=settings, device=device)
     return version, loader(path, device=device)
