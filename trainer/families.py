@@ -193,12 +193,8 @@ def _qwen_processor(tokenizer: PreTrainedTokenizerFast, size: FamilySize) -> Ima
     )
 
 
-def build_tiny_qwen2_vl(
-    seed: int = TINY_SEED, *, size: FamilySize = TINY_SIZE
-) -> tuple[Qwen2VLForConditionalGeneration, ImageOnlyQwen2VLProcessor]:
-    """A random-init Qwen2-VL: ViT with 2-D RoPE and 2×2 patch merging, dynamic resolution, M-RoPE decoder."""
-    tokenizer = _family_tokenizer(seed, QWEN_TOKENS, eos_token="<|im_end|>", image_token="<|image_pad|>")
-    vision = {
+def _qwen2_vision(size: FamilySize) -> dict:
+    return {
         "depth": size.vision_layers,
         "embed_dim": size.vision_hidden,
         "hidden_size": size.text_hidden,  # the merger projects into the decoder's width
@@ -208,17 +204,10 @@ def build_tiny_qwen2_vl(
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
     }
-    config = Qwen2VLConfig(text_config=_qwen_text(tokenizer, size), vision_config=vision, **_qwen_ids(tokenizer))
-    torch.manual_seed(seed)
-    return Qwen2VLForConditionalGeneration(config), _qwen_processor(tokenizer, size)
 
 
-def build_tiny_qwen2_5_vl(
-    seed: int = TINY_SEED, *, size: FamilySize = TINY_SIZE
-) -> tuple[Qwen2_5_VLForConditionalGeneration, ImageOnlyQwen2VLProcessor]:
-    """A random-init Qwen2.5-VL: Qwen2-VL's layout with window attention and SwiGLU in the vision tower."""
-    tokenizer = _family_tokenizer(seed, QWEN_TOKENS, eos_token="<|im_end|>", image_token="<|image_pad|>")
-    vision = {
+def _qwen2_5_vision(size: FamilySize) -> dict:
+    return {
         "depth": size.vision_layers,
         "hidden_size": size.vision_hidden,
         "intermediate_size": 2 * size.vision_hidden,
@@ -230,9 +219,27 @@ def build_tiny_qwen2_5_vl(
         "window_size": 4 * size.patch_size,
         "fullatt_block_indexes": [size.vision_layers - 1],
     }
-    config = Qwen2_5_VLConfig(text_config=_qwen_text(tokenizer, size), vision_config=vision, **_qwen_ids(tokenizer))
+
+
+def _build_qwen(config_class, model_class, vision: dict, seed: int, size: FamilySize):
+    tokenizer = _family_tokenizer(seed, QWEN_TOKENS, eos_token="<|im_end|>", image_token="<|image_pad|>")
+    config = config_class(text_config=_qwen_text(tokenizer, size), vision_config=vision, **_qwen_ids(tokenizer))
     torch.manual_seed(seed)
-    return Qwen2_5_VLForConditionalGeneration(config), _qwen_processor(tokenizer, size)
+    return model_class(config), _qwen_processor(tokenizer, size)
+
+
+def build_tiny_qwen2_vl(
+    seed: int = TINY_SEED, *, size: FamilySize = TINY_SIZE
+) -> tuple[Qwen2VLForConditionalGeneration, ImageOnlyQwen2VLProcessor]:
+    """A random-init Qwen2-VL: ViT with 2-D RoPE and 2×2 patch merging, dynamic resolution, M-RoPE decoder."""
+    return _build_qwen(Qwen2VLConfig, Qwen2VLForConditionalGeneration, _qwen2_vision(size), seed, size)
+
+
+def build_tiny_qwen2_5_vl(
+    seed: int = TINY_SEED, *, size: FamilySize = TINY_SIZE
+) -> tuple[Qwen2_5_VLForConditionalGeneration, ImageOnlyQwen2VLProcessor]:
+    """A random-init Qwen2.5-VL: Qwen2-VL's layout with window attention and SwiGLU in the vision tower."""
+    return _build_qwen(Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, _qwen2_5_vision(size), seed, size)
 
 
 def build_tiny_smolvlm(

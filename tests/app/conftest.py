@@ -172,4 +172,14 @@ def scoring_service(app_store) -> Iterator[ScoringService]:
     service.stop()
 
 
+@pytest.fixture
+def reward_scoring(app_store) -> Iterator[ScoringService]:
+    """The scoring service as the reward server builds it (tests.app.reward_support.reward_service), stopped after."""
+    from tests.app.reward_support import reward_service
+
+    service = reward_service(app_store)
+    yield service
+    service.stop()
+
+
 __all__ = ["APP_DEMO_TASKS", "SHIFT", "AppStore", "AppTemplate", "publish_model_dir"]

@@ -18,6 +18,7 @@ from app.rewards import RewardClient, RewardError, reward_fn
 from app.rewards.adapter import to_uint8_images
 from app.scoring import ScoringService
 from tests.app.reward_support import distinct_items, reward_app, reward_service, served
+from tests.app.test_scoring import run_then_stop
 from trainer.scorer import load_scorer_model
 
 TOLERANCE = 1e-5
@@ -25,10 +26,8 @@ CLIENTS = 8
 
 
 @pytest.fixture
-def service(app_store) -> Iterator[ScoringService]:
-    service = reward_service(app_store)
-    yield service
-    service.stop()
+def service(reward_scoring) -> ScoringService:
+    return reward_scoring
 
 
 @pytest.fixture
@@ -93,25 +92,18 @@ def test_concurrent_clients_get_their_own_results_from_shared_batches(app_store)
     got: dict[int, list[float]] = {}
     errors: list[BaseException] = []
     barrier = threading.Barrier(CLIENTS)
-    try:
-        with served(reward_app(app_store, service)) as url:
+    with served(reward_app(app_store, service)) as url:
 
-            def run(n: int) -> None:  # each RL worker with its own client and connection
-                try:
-                    sources, edited, instructions = (list(column) for column in zip(*work[n], strict=True))
-                    with RewardClient(url) as client:
-                        barrier.wait(60)
-                        got[n] = client.score(sources, edited, instructions, ids=[f"{n}-{i}" for i in range(3)])
-                except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-                    errors.append(exc)
+        def run(n: int) -> None:  # each RL worker with its own client and connection
+            try:
+                sources, edited, instructions = (list(column) for column in zip(*work[n], strict=True))
+                with RewardClient(url) as client:
+                    barrier.wait(60)
+                    got[n] = client.score(sources, edited, instructions, ids=[f"{n}-{i}" for i in range(3)])
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(exc)
 
-            threads = [threading.Thread(target=run, args=(n,)) for n in range(CLIENTS)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(120)
-    finally:
-        service.stop()
+        run_then_stop([threading.Thread(target=run, args=(n,)) for n in range(CLIENTS)], service)
     assert not errors, errors
     for n in range(CLIENTS):
         assert got[n] == pytest.approx(expected[n], abs=TOLERANCE), f"client {n} got another client's scores"

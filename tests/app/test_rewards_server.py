@@ -34,7 +34,6 @@ from tests.app.reward_support import (
     picture,
     png,
     reward_app,
-    reward_service,
     wait_until,
 )
 from trainer.registry import files_sha256
@@ -45,10 +44,8 @@ TOKEN = "a-test-token-that-is-long-enough"
 
 
 @pytest.fixture
-def service(app_store) -> Iterator[ScoringService]:
-    service = reward_service(app_store)
-    yield service
-    service.stop()
+def service(reward_scoring) -> ScoringService:
+    return reward_scoring
 
 
 @pytest.fixture
