@@ -155,7 +155,8 @@ TINY_MIN_PIXELS = 32 * 32
 TINY_MAX_PIXELS = 64 * 64
 
 
-def _qwen_text(tokenizer: PreTrainedTokenizerFast, size: FamilySize) -> dict:
+def _text_config(tokenizer: PreTrainedTokenizerFast, size: FamilySize, **family: object) -> dict:
+    """The decoder's config of a build: the size's widths, the tokenizer's ids, and the family's own keys."""
     return {
         "vocab_size": len(tokenizer),
         "hidden_size": size.text_hidden,
@@ -164,11 +165,16 @@ def _qwen_text(tokenizer: PreTrainedTokenizerFast, size: FamilySize) -> dict:
         "num_attention_heads": size.text_heads,
         "num_key_value_heads": size.text_kv_heads,
         "max_position_embeddings": 4096,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": size.mrope_section()},
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
         "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        **family,
     }
+
+
+def _qwen_text(tokenizer: PreTrainedTokenizerFast, size: FamilySize) -> dict:
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": size.mrope_section()}
+    return _text_config(tokenizer, size, rope_parameters=rope)
 
 
 def _qwen_ids(tokenizer: PreTrainedTokenizerFast) -> dict:
@@ -247,19 +253,7 @@ def build_tiny_smolvlm(
 ) -> tuple[SmolVLMForConditionalGeneration, ImageOnlySmolVLMProcessor]:
     """A random-init SmolVLM: SigLIP-style vision 64 px / patch 16, pixel shuffle ×2, Llama-style decoder."""
     tokenizer = _family_tokenizer(seed, SMOLVLM_TOKENS, eos_token="<end_of_utterance>")
-    text = {
-        "vocab_size": len(tokenizer),
-        "hidden_size": size.text_hidden,
-        "intermediate_size": size.text_intermediate,
-        "num_hidden_layers": size.text_layers,
-        "num_attention_heads": size.text_heads,
-        "num_key_value_heads": size.text_kv_heads,
-        "max_position_embeddings": 4096,
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "tie_word_embeddings": False,
-    }
+    text = _text_config(tokenizer, size, tie_word_embeddings=False)
     vision = {
         "hidden_size": size.vision_hidden,
         "intermediate_size": 2 * size.vision_hidden,
