@@ -15,7 +15,7 @@ def _help(text: str, **kwargs):
 class PretrainConfig(DictConfig):
     """The recipe's settings; saved in every checkpoint and in the preset's manifest."""
 
-    steps: int = _help("Optimizer steps; each draws fresh tasks (data never repeats).", default=20000)
+    steps: int = _help("Optimizer steps; each draws fresh tasks (data never repeats).", default=26000)
     seed: int = _help("Seed of the model's init and of the task stream.", default=0)
     tasks_per_step: int = _help(
         "Tasks per step; each gives a preference pair, an instruction-check pair and a caption.", default=4
@@ -27,7 +27,7 @@ class PretrainConfig(DictConfig):
     max_grad_norm: float = _help("Clip the gradients' global norm to this (0: off).", default=1.0)
     caption_weight: float = _help("Weight of the captioning NLL against the pair losses.", default=0.5)
     swap_share: float = _help(
-        "Share of the preference pairs that are instruction swaps (trainer/pretrain/stream.py).", default=0.0
+        "Share of the preference pairs that are instruction swaps (trainer/pretrain/stream.py).", default=0.25
     )
     tie_nu: float = _help("Davidson ν for near-equal candidates (as the fine-tune's default).", default=1.0)
     image_size: int = _help("Vision input side in pixels.", default=48)
