@@ -10,19 +10,18 @@ from concurrent.futures import Future
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import PIL.Image
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.scoring.batching import Batcher, Input, set_exception
+from app.scoring.batching import Batcher, Input
 from app.scoring.cache import CandidateScoreCache
+from app.scoring.candidates import CandidateRequests
 from app.scoring.inputs import (
-    candidate_inputs,
     check_picture,
     check_upload_images,
-    distinct_candidate_ids,
     upload_instruction,
 )
 from app.scoring.pinned import PinnedVersions, State
@@ -35,7 +34,7 @@ from app.scoring.versions import (
     floor_verdict,
     stamp,
 )
-from storage.errors import InvalidInput, NotFound
+from storage.errors import InvalidInput
 from storage.settings import Settings
 from trainer.registry import active_version, files_sha256, get_version_by_name, verify_version_files, version_dir
 from trainer.scorer import default_device, load_scorer_model
@@ -46,7 +45,6 @@ REQUEST_TIMEOUT_S = 300.0  # a request gives up waiting for its batch after this
 STOP_TIMEOUT_S = 10.0  # stop() waits this long per thread (both are daemons: a load in progress cannot hold exit)
 RETRY_FAILED_S = 60.0  # a version that failed to load is tried again after this long, if still active (or asked for)
 MAX_PINNED = 2  # pinned versions (asked for by name) kept in memory besides the serving one
-_ATTEMPTS = 2  # a candidate request is recomputed once if a swap gave it scores of two versions
 
 
 class _Target(NamedTuple):
@@ -58,7 +56,7 @@ class _Target(NamedTuple):
     passed_floor: bool | None
 
 
-class ScoringService:
+class ScoringService(CandidateRequests):
     """Serves scores from the active model version; see the `app.scoring` package docstring."""
 
     def __init__(
@@ -246,13 +244,6 @@ class ScoringService:
 
     # --- requests --------------------------------------------------------------------------------------------
 
-    def score_candidates(self, candidate_ids: list[int]) -> dict[int, ScoredItem]:
-        """Scores of stored candidates by id, from the cache or computed; unknown ids raise NotFound."""
-        ids = distinct_candidate_ids(candidate_ids)
-        if not ids:
-            return {}
-        return _single_version(lambda: self._score_candidates_once(ids))
-
     def score_upload(
         self, *, source: PIL.Image.Image, instruction: str, edited: list[PIL.Image.Image]
     ) -> list[ScoredItem]:
@@ -340,60 +331,6 @@ class ScoringService:
                 outcomes.append(exc)
         return outcomes
 
-    def _score_candidates_once(self, ids: list[int]) -> dict[int, ScoredItem]:
-        serving = self._require_serving()
-        cached = self._cache.lookup(serving.version_id, ids)
-        results = {i: stamp(i, score, serving) for i, score in cached.items()}
-        missing = [i for i in ids if i not in results]
-        if missing:
-            results.update(self._compute(missing))
-        return {i: results[i] for i in ids}
-
-    def _compute(self, ids: list[int]) -> dict[int, ScoredItem]:
-        """Run missing candidates through the batching queue, then cache what came back."""
-        results, missing = {}, []
-        for candidate_id, future in self._candidate_futures(ids).items():
-            try:
-                results[candidate_id] = stamp(candidate_id, *self._wait(future))
-            except NotFound:
-                missing.append(candidate_id)
-        self._cache.store(results.values())
-        if missing:
-            raise NotFound(f"candidate(s) {sorted(missing)[:10]} do not exist; pick candidate ids of stored tasks.")
-        return results
-
-    def _candidate_futures(self, ids: list[int]) -> dict[int, Future]:
-        """One future per id; a computation another request already queued is shared, not repeated."""
-        with self._pending_lock:
-            futures = {i: self._pending.get(i) for i in ids}
-            claimed: dict[int, Future] = {i: Future() for i, future in futures.items() if future is None}
-            self._pending.update(claimed)
-        for candidate_id, future in claimed.items():
-            future.add_done_callback(lambda done, key=candidate_id: self._drop_pending(key, done))
-        futures.update(claimed)
-        if claimed:
-            self._queue_candidates(claimed)
-        return futures
-
-    def _queue_candidates(self, claimed: dict[int, Future]) -> None:
-        """Queue the claimed candidates; an unknown id resolves to NotFound, any other failure fails them all."""
-        try:
-            inputs = candidate_inputs(self._factory, self._settings, list(claimed))
-            for candidate_id, future in claimed.items():
-                if candidate_id in inputs:
-                    self._enqueue([inputs[candidate_id]], [future])
-                else:
-                    set_exception(future, NotFound(f"candidate {candidate_id} does not exist."))
-        except Exception as exc:
-            for future in claimed.values():
-                set_exception(future, exc)
-            raise
-
-    def _drop_pending(self, candidate_id: int, future: Future) -> None:
-        with self._pending_lock:
-            if self._pending.get(candidate_id) is future:
-                del self._pending[candidate_id]
-
     def _enqueue(self, inputs: list[Input], futures: list[Future], serving: Serving | None = None) -> None:
         """Queue the inputs, scored by `serving` (None: the version serving when their batch runs)."""
         with self._threads_lock:
@@ -407,13 +344,3 @@ class ScoringService:
             return future.result(timeout=REQUEST_TIMEOUT_S)
         except TimeoutError:
             raise RuntimeError(f"Scoring took over {REQUEST_TIMEOUT_S:.0f} s; the scorer is overloaded.") from None
-
-
-def _single_version(compute: Callable[[], Any]) -> Any:
-    """Run `compute` until its scores all carry one version (at most `_ATTEMPTS` times; a swap is rare)."""
-    for _ in range(_ATTEMPTS):
-        result = compute()
-        items = result.values() if isinstance(result, dict) else result
-        if len({item.version_id for item in items}) <= 1:
-            break
-    return result
