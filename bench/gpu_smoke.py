@@ -1,7 +1,7 @@
 """GPU readiness: LoRA training steps with activation checkpointing and scoring throughput in bf16; one table.
 
     python bench/gpu_smoke.py                          # on a CUDA device (well under 3 min on one H100)
-    python bench/gpu_smoke.py --peak-tflops 989        # a device that is not in BF16_DENSE_PEAK_TFLOPS
+    python bench/gpu_smoke.py --peak-tflops 989        # a device that is not in bench/gpu_flops.py's table
     python bench/gpu_smoke.py --device cpu --allow-cpu --steps 1 --warmup 0 --batches 1,2   # the code path on CPU
 
 Without CUDA (and without `--device cpu --allow-cpu`) it prints one line saying it skipped and exits 0.
@@ -24,7 +24,7 @@ For each model — `tiny` (the tiny-qwen2.5-vl preset's size) and `100m` (the sa
   frozen with nothing trainable before it, so it runs forward only: `2·N_vision` per patch (and `2·N_merger` per
   merged image token). N excludes the token embeddings (a lookup) and the LM head (not applied when scoring; on the
   few rationale positions when training). Attention's quadratic term is left out (sequences are short). The share is
-  of the device's dense bf16 peak (`BF16_DENSE_PEAK_TFLOPS`, `--peak-tflops`; "unknown" otherwise).
+  of the device's dense bf16 peak (`bench/gpu_flops.py`, `--peak-tflops`; "unknown" otherwise).
 
 Inputs (demo pairs of 128 px photos, PIL → tensors) are encoded before timing; the processor resizes them to the
 tiny preset's 32²–64² pixels, or to `--image-side`² pixels for the `100m` model.
@@ -48,6 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from bench.gpu_flops import FlopParams, batch_flops, bf16_peak_tflops, flop_params  # noqa: E402
 from bench.scoring_setup import MIB, PairInput, demo_pairs, jrm_batch, sync_device  # noqa: E402
 from trainer.backbones import Backbone  # noqa: E402
 from trainer.data import PairBatch  # noqa: E402
@@ -73,18 +74,6 @@ SIZES: dict[str, FamilySize] = {
         vision_heads=6,
     ),
 }
-# Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s; the first entry whose words all occur
-# in the device name wins, so more specific names come first.
-BF16_DENSE_PEAK_TFLOPS: tuple[tuple[tuple[str, ...], float], ...] = (
-    (("H100", "PCIe"), 756.0),
-    (("H100", "NVL"), 835.0),
-    (("H100",), 989.0),  # SXM ("NVIDIA H100 80GB HBM3")
-    (("H200",), 989.0),  # also GH200
-    (("A100",), 312.0),
-    (("L40S",), 362.0),
-    (("L40",), 181.0),
-    (("L4",), 121.0),
-)
 COLUMNS = (
     "model",
     "params",
@@ -152,37 +141,6 @@ def build_jrm(name: str, device: torch.device, seed: int) -> tuple[JointRewardMo
             parameter.data = parameter.data.float()
     counter = enable_checkpointing(model.backbone)
     return model.to(device), counter
-
-
-@dataclass(frozen=True)
-class FlopParams:
-    """Parameters applied per decoder position, per vision patch and per merged image token."""
-
-    text: int
-    vision: int
-    merger: int
-    merge_units: int  # patches per merged image token (spatial_merge_size²)
-
-
-def flop_params(model: JointRewardModel) -> FlopParams:
-    """Split the backbone's matmul parameters by what they are applied to (embeddings and LM head excluded)."""
-    base = model.backbone.base_model
-    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-    merger = count(base.visual.merger)
-    return FlopParams(
-        text=count(base.language_model) - base.get_input_embeddings().weight.numel(),
-        vision=count(base.visual) - merger,
-        merger=merger,
-        merge_units=int(base.visual.spatial_merge_size) ** 2,
-    )
-
-
-def batch_flops(batch: Batch, params: FlopParams, *, train: bool) -> float:
-    """Estimated FLOPs of one forward (train=False) or training step (train=True) on `batch`."""
-    positions = batch.input_ids.numel()  # (B·T): padded positions are computed too
-    patches = batch.extras["pixel_values"].shape[0]  # (patches, C·t·p·p)
-    vision = 2 * (params.vision * patches + params.merger * patches // params.merge_units)
-    return (6 if train else 2) * params.text * positions + vision
 
 
 # --- inputs ----------------------------------------------------------------------------------------------------
@@ -274,19 +232,6 @@ def measure_scoring(model: JointRewardModel, pairs: list[PairInput], args: argpa
 
 
 # --- report ----------------------------------------------------------------------------------------------------
-
-
-def bf16_peak_tflops(device: torch.device, override: float | None) -> tuple[float | None, str]:
-    """The device's dense bf16 peak (TFLOP/s) and where the number comes from."""
-    if override:
-        return override, "--peak-tflops"
-    if device.type != "cuda":
-        return None, "no table entry for a CPU"
-    name = torch.cuda.get_device_name(device)
-    for words, peak in BF16_DENSE_PEAK_TFLOPS:
-        if all(word.lower() in name.lower() for word in words):
-            return peak, f"NVIDIA's datasheet value for {name}"
-    return None, f"no table entry for {name}: pass --peak-tflops"
 
 
 def table_row(
