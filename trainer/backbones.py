@@ -69,6 +69,7 @@ __all__ = [
     "default_cache_dir",
     "ensure_tiny_preset",
     "load_backbone",
+    "preset_folder",
     "preset_names",
     "tiny_corpus",
     "train_tiny_tokenizer",
@@ -249,6 +250,16 @@ def _publish(staging: Path, target: Path) -> None:
     shutil.rmtree(stale, ignore_errors=True)
 
 
+def preset_folder(name: str, cache_dir: str | Path | None = None) -> Path | None:
+    """The folder of preset `name`: a shipped one's in trainer/presets, a random-init one's built into `cache_dir`;
+    None when `name` is not a preset (a local folder or a hub id)."""
+    if name in SHIPPED_PRESETS:
+        return preset_dir(name)
+    if name in TINY_PRESETS:
+        return ensure_tiny_preset(name, cache_dir)
+    return None
+
+
 def load_backbone(
     name_or_path: str = PRESET_NAME, *, cache_dir: str | Path | None = None, dtype: torch.dtype | None = None
 ) -> Backbone:
@@ -257,14 +268,13 @@ def load_backbone(
     Presets are the random-init tiny ones (built into `cache_dir` on first use) and the shipped pretrained ones
     (`trainer/presets/<name>`, checked against their manifest first).
     """
-    is_tiny = name_or_path in TINY_PRESETS or name_or_path in SHIPPED_PRESETS
-    head = None
+    folder = preset_folder(name_or_path, cache_dir)
+    is_tiny, head = folder is not None, None
     if name_or_path in SHIPPED_PRESETS:
-        folder = preset_dir(name_or_path)
         check_preset(folder)
-        source, hub_cache, head = str(folder), None, folder / REWARD_HEAD_FILE
-    elif is_tiny:
-        source, hub_cache = str(ensure_tiny_preset(name_or_path, cache_dir)), None
+        head = folder / REWARD_HEAD_FILE
+    if folder is not None:
+        source, hub_cache = str(folder), None
     else:
         source, hub_cache = name_or_path, (str(cache_dir) if cache_dir is not None else None)
     try:

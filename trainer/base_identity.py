@@ -16,9 +16,9 @@ from pathlib import Path
 
 from huggingface_hub import try_to_load_from_cache
 
-from trainer.backbones import SHIPPED_PRESETS, TINY_PRESETS, ensure_tiny_preset
+from trainer.backbones import preset_folder
 from trainer.edit_view import MARKER as EDIT_VIEW_MARKER
-from trainer.presets import REWARD_HEAD_FILE, preset_dir
+from trainer.presets import REWARD_HEAD_FILE
 
 # Files that decide what the base computes: weights (and their shard indexes), the architecture, and everything that
 # turns text and pictures into tensors. Not: a preset's pretrained reward head (a version carries its own), its
@@ -64,10 +64,9 @@ class BaseIdentity:
 def base_folder(name: str, *, cache_dir: str | Path | None, revision: str | None = None) -> Path:
     """The folder `load_backbone(name, cache_dir=…)` reads: a preset's, a local folder, or a hub snapshot in the cache
     (at `revision` when given)."""
-    if name in SHIPPED_PRESETS:
-        return preset_dir(name)
-    if name in TINY_PRESETS:
-        return ensure_tiny_preset(name, cache_dir)
+    preset = preset_folder(name, cache_dir)
+    if preset is not None:
+        return preset
     if Path(name).is_dir():
         return Path(name)
     found = try_to_load_from_cache(name, "config.json", cache_dir=cache_dir, revision=revision)
