@@ -115,6 +115,7 @@ def test_train_then_score_and_evaluate(cli, tmp_path):
         (["score", "missing.png", "missing.png", "--instruction", "x"], "no such file"),
         (["evaluate", "--version", "v0042"], "No model version 'v0042'"),
         (["evaluate", "--editreward-json", "x.json"], "go together"),
+        (["pretrain", "--out", "preset", "--swap-share", "2"], "swap_share must be a number in [0, 1]"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(runner, args, message):
