@@ -31,6 +31,7 @@ import sqlalchemy  # noqa: E402
 from sqlalchemy import Engine, select  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
+from storage import annotation_queue  # noqa: E402
 from storage import repository as repo  # noqa: E402
 from storage.db import create_scratch_schema, make_engine, session_factory, transaction, upgrade  # noqa: E402
 from storage.models import Base, Pair, User  # noqa: E402
@@ -283,7 +284,7 @@ def time_next_pair(subject: Subject, settings: Settings, rng: random.Random, tag
     annotator = rng.randrange(1, subject.layout.annotators + 1)
     started = time.perf_counter()
     with transaction(subject.factory) as session:
-        shown = repo.next_pair(session, annotator_id=annotator, settings=settings, rng=rng)
+        shown = annotation_queue.next_pair(session, annotator_id=annotator, settings=settings, rng=rng)
     elapsed_ms = (time.perf_counter() - started) * 1000
     assert shown is not None, "the seeded store ran out of open pairs"
     with transaction(subject.factory) as session:  # answer it, as an annotator would

@@ -76,7 +76,7 @@ def cmd_demo(args: argparse.Namespace, session: Session, settings: Settings) -> 
 
 
 def cmd_stats(args: argparse.Namespace, session: Session, settings: Settings) -> None:
-    from storage.repository import dataset_stats
+    from storage.stats import dataset_stats
 
     _print_value(dataset_stats(session, settings=settings))
 

@@ -24,9 +24,10 @@ from storage.errors import InvalidInput
 from storage.images import store_image
 from storage.interchange import ImportSummary
 from storage.models import CHOICES, Candidate, Image, Task
-from storage.repository import add_candidate, clean_text, create_task, record_vote
+from storage.repository import add_candidate, create_task, record_vote
 from storage.settings import Settings
 from storage.users import create_user, get_user_by_name
+from storage.validation import clean_text
 
 
 @dataclass

@@ -21,41 +21,33 @@ backends, so a double submission racing in two transactions stores one vote and 
 
 from __future__ import annotations
 
-import json
-import math
-import random
-import re
-from collections import Counter
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
 from functools import cache
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from sqlalchemy import Select, bindparam, case, distinct, func, literal_column, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from storage.errors import InvalidInput, NotFound
-from storage.images import blob_path
-from storage.models import CHOICES, Assignment, Candidate, Image, Pair, Task, User, Vote, utcnow
+from storage.models import Assignment, Candidate, Image, Pair, Task, Vote
+from storage.annotation_queue import _set_status
 from storage.settings import Settings
-
-NAME_MAX_CHARS = 128  # candidates.generator
-CATEGORY_MAX_CHARS = 64
-ORIGIN_MAX_CHARS = 64
-EXTERNAL_ID_MAX_CHARS = 255
-CLIENT_SUBMISSION_ID_MAX_CHARS = 128
-DIMENSION_SCORE_RANGE = (-100.0, 100.0)  # covers Likert 1-5, 0-10 and percentages
-DIMENSION_MAX_KEYS = 32
-TIME_SPENT_MAX_MS = 2**31 - 1  # the column is a 32-bit integer on PostgreSQL
-NEXT_PAIR_WINDOW = 32  # candidate pairs read per attempt; the priority hook re-ranks this many
-_RESERVE_ATTEMPTS = 5  # re-reads of the window when concurrent annotators took every pair in it
-_MAX_ID = 2**63 - 1
-
-# C0/C1 control characters except \t and \n, and lone surrogates (not encodable, PostgreSQL refuses them).
-_CONTROL_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
-
+from storage.validation import (
+    CATEGORY_MAX_CHARS,
+    EXTERNAL_ID_MAX_CHARS,
+    NAME_MAX_CHARS,
+    ORIGIN_MAX_CHARS,
+    _choice,
+    _client_submission_id,
+    _dimension_scores,
+    _id,
+    _name,
+    _optional_text,
+    _require_active_user,
+    _text,
+    _time_spent,
+    json_object,
+)
 
 # --------------------------------------------------------------------------------------------- result types
 
@@ -64,182 +56,6 @@ _CONTROL_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 class VoteResult:
     vote: Vote
     created: bool  # False: the client_submission_id was already stored and this call changed nothing
-
-
-@dataclass(frozen=True)
-class PairCandidate:
-    """One row of the next-pair window, as a `PriorityHook` sees it."""
-
-    pair_id: int
-    task_id: int
-    candidate_a_id: int
-    candidate_b_id: int
-    filled: int
-    priority: float
-
-
-class PriorityHook(Protocol):
-    """Re-ranks the next-pair window (e.g. most model-uncertain first); returns pair ids, best first.
-
-    The window holds the `NEXT_PAIR_WINDOW` pairs with the fewest `filled`, then highest `pairs.priority`,
-    then lowest id. The hook's order replaces `priority` within one `filled` level: fewest-filled still goes
-    first. Ids the hook leaves out are not offered in this call; unknown ids are ignored. For sampling over
-    the whole pool rather than a window, write `pairs.priority` with `set_pair_priorities()` instead.
-    """
-
-    def __call__(self, session: Session, candidates: Sequence[PairCandidate]) -> Sequence[int]: ...
-
-
-@dataclass(frozen=True)
-class PairToShow:
-    """A reserved pair in the left/right order the annotator sees it."""
-
-    assignment_id: int
-    pair_id: int
-    task_id: int
-    instruction: str
-    category: str | None
-    source_image_id: int
-    left_candidate_id: int
-    left_image_id: int
-    left_generator: str
-    right_candidate_id: int
-    right_image_id: int
-    right_generator: str
-    expires_at: datetime
-    votes_done: int  # the annotator's votes so far (progress)
-    source_file: Path  # the three images' stored files (`storage.images.image_path`), read with the pair
-    left_file: Path
-    right_file: Path
-
-
-@dataclass(frozen=True)
-class DatasetStats:
-    tasks: int
-    candidates: int
-    pairs: int
-    votes: int
-    votes_by_choice: dict[str, int]
-    tie_rate: float  # (tie + both_bad) / votes
-    rationale_coverage: float  # share of votes with a rationale
-    annotators: int  # distinct annotators who voted
-    votes_per_day: list[tuple[date, int]]  # UTC days, oldest first
-    pairs_at_target: int  # pairs with vote_count >= overlap target
-
-
-@dataclass(frozen=True)
-class TrainingVote:
-    vote_id: int
-    task_id: int
-    instruction: str
-    source_image_id: int
-    left_candidate_id: int
-    left_image_id: int
-    left_generator: str
-    right_candidate_id: int
-    right_image_id: int
-    right_generator: str
-    choice: str
-    rationale: str | None
-    annotator_id: int | None
-
-
-# ------------------------------------------------------------------------------------------------ validation
-
-
-def clean_text(value: str) -> str:
-    """Drop NUL, other control characters and lone surrogates; keep \\n, \\t and all other Unicode."""
-    return _CONTROL_CHARS.sub("", value.replace("\r\n", "\n").replace("\r", "\n"))
-
-
-def _text(value: object, *, field: str, max_chars: int, example: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidInput(f"{field} must be text, got {type(value).__name__}; send a string such as {example!r}.")
-    cleaned = clean_text(value)
-    if not cleaned.strip():
-        raise InvalidInput(f"{field} is empty (after removing control characters); write e.g. {example!r}.")
-    if len(cleaned) > max_chars:
-        raise InvalidInput(f"{field} has {len(cleaned)} characters; shorten it to at most {max_chars}.")
-    return cleaned
-
-
-def _optional_text(value: object, *, field: str, max_chars: int, example: str) -> str | None:
-    if value is None or (isinstance(value, str) and not clean_text(value).strip()):
-        return None
-    return _text(value, field=field, max_chars=max_chars, example=example)
-
-
-def _name(value: object, *, field: str, max_chars: int, example: str) -> str:
-    # Names (generators, categories, origins) are identifiers: surrounding whitespace is never meant.
-    return _text(value, field=field, max_chars=max_chars, example=example).strip()
-
-
-def _id(value: object, *, kind: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{kind} id must be an integer, got {value!r}.")
-    if not 1 <= value <= _MAX_ID:
-        raise NotFound(f"{kind} {value} does not exist; ids are positive integers.")
-    return value
-
-
-def json_object(value: object, *, field: str, optional: bool = True) -> dict[str, Any] | None:
-    """`value` if it is a JSON object without NaN (PostgreSQL's JSON refuses NaN); None passes when optional."""
-    if value is None and optional:
-        return None
-    if not isinstance(value, dict):
-        allowed = "a dict (a JSON object) or None" if optional else "a dict (a JSON object)"
-        raise InvalidInput(f"{field} must be {allowed}, got {type(value).__name__}.")
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{field} must hold only JSON values (no NaN, sets or objects): {exc}.") from None
-    return value
-
-
-def _dimension_scores(value: object) -> dict[str, float] | None:
-    if value is None or value == {}:
-        return None
-    if not isinstance(value, dict) or len(value) > DIMENSION_MAX_KEYS:
-        raise InvalidInput(
-            f"dimension_scores must be a dict of up to {DIMENSION_MAX_KEYS} name → number entries, "
-            'e.g. {"faithfulness": 4}.'
-        )
-    low, high = DIMENSION_SCORE_RANGE
-    scores = {}
-    for key, score in value.items():
-        name = _name(key, field="a dimension_scores name", max_chars=64, example="faithfulness")
-        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-            raise InvalidInput(f"dimension_scores[{name!r}] must be a finite number, got {score!r}.")
-        if not low <= score <= high:
-            raise InvalidInput(f"dimension_scores[{name!r}]={score} is outside [{low:g}, {high:g}].")
-        scores[name] = score
-    return scores
-
-
-def _time_spent(value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= TIME_SPENT_MAX_MS:
-        raise InvalidInput(
-            f"time_spent_ms must be a whole number of milliseconds in [0, {TIME_SPENT_MAX_MS}], got {value!r}."
-        )
-    return value
-
-
-def _client_submission_id(value: object) -> str:
-    ok = isinstance(value, str) and value.strip() and len(value) <= CLIENT_SUBMISSION_ID_MAX_CHARS
-    if not ok or clean_text(value) != value:
-        raise InvalidInput(
-            f"client_submission_id must be a non-empty printable string of at most "
-            f"{CLIENT_SUBMISSION_ID_MAX_CHARS} characters (e.g. a UUID), got {value!r:.80}."
-        )
-    return value
-
-
-def _choice(value: object) -> str:
-    if value not in CHOICES:
-        raise InvalidInput(f"choice must be one of {', '.join(CHOICES)}; got {value!r:.40}.")
-    return value  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------------- lookups
@@ -266,15 +82,6 @@ def _require_image(session: Session, image_id: int) -> Image:
     if image is None:
         raise NotFound(f"image {image_id} does not exist; store the image first (storage.images.store_image).")
     return image
-
-
-def _require_active_user(session: Session, user_id: int) -> User:
-    user = session.get(User, _id(user_id, kind="user"))
-    if user is None:
-        raise NotFound(f"user {user_id} does not exist; create the annotator first.")
-    if not user.active:
-        raise InvalidInput(f"user {user.name!r} is deactivated; an admin must reactivate them before they vote.")
-    return user
 
 
 def _dialect_insert(session: Session, model: type) -> Any:
@@ -361,23 +168,6 @@ def _ensure_pair(session: Session, *, task_id: int, first: int, second: int) -> 
     if pair_id is None:
         pair_id = session.scalar(select(Pair.id).where(Pair.candidate_a_id == low, Pair.candidate_b_id == high))
     return pair_id
-
-
-def set_pair_priorities(session: Session, *, priorities: Mapping[int, float]) -> int:
-    """Write `pairs.priority` (higher is offered first within a `filled` level); returns rows updated."""
-    rows = []
-    for pair_id, value in priorities.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise InvalidInput(f"priority of pair {pair_id} must be a finite number, got {value!r}.")
-        rows.append({"id": _id(pair_id, kind="pair"), "priority": float(value)})
-    if not rows:
-        return 0
-    known = set(session.scalars(select(Pair.id).where(Pair.id.in_([r["id"] for r in rows]))))
-    missing = sorted({r["id"] for r in rows} - known)
-    if missing:
-        raise NotFound(f"pairs {missing[:10]} do not exist; pass ids from the pairs table.")
-    session.execute(update(Pair), rows)
-    return len(rows)
 
 
 # ---------------------------------------------------------------------------------------------------- votes
@@ -498,276 +288,3 @@ def _count_vote(session: Session, *, pair_id: int, annotator_id: int | None) -> 
         .values(vote_count=Pair.vote_count + 1, filled=Pair.filled + 1 - released)
         .execution_options(synchronize_session=False)
     )
-
-
-def _set_status(session: Session, where: tuple, status: str) -> int:
-    """Guarded assignment status change; returns how many rows moved (0 when another transaction won)."""
-    result = session.execute(
-        update(Assignment).where(*where).values(status=status).execution_options(synchronize_session=False)
-    )
-    return result.rowcount
-
-
-def _release_slots(session: Session, pair_id: int, count: int) -> None:
-    # CASE keeps `filled` at >= 0 even if a counter ever drifted (portable, unlike GREATEST/MAX).
-    session.execute(
-        update(Pair)
-        .where(Pair.id == pair_id)
-        .values(filled=case((Pair.filled >= count, Pair.filled - count), else_=0))
-        .execution_options(synchronize_session=False)
-    )
-
-
-# ------------------------------------------------------------------------------------------------ next pair
-
-
-def next_pair(
-    session: Session,
-    *,
-    annotator_id: int,
-    settings: Settings,
-    priority: PriorityHook | None = None,
-    rng: random.Random | None = None,
-) -> PairToShow | None:
-    """Reserve the next pair for this annotator (or return the one they already hold); None when none is left."""
-    _require_active_user(session, annotator_id)
-    now = utcnow()
-    assignment = session.scalar(
-        select(Assignment)
-        .where(Assignment.annotator_id == annotator_id, Assignment.status == "open", Assignment.expires_at > now)
-        .order_by(Assignment.id.desc())
-        .limit(1)
-    )
-    if assignment is None:
-        _expire_stale_assignments(session, now)
-        assignment = _reserve_pair(session, annotator_id, settings, priority, rng or random.Random(), now)
-        if assignment is None:
-            return None
-    return _pair_to_show(session, assignment, settings)
-
-
-def _expire_stale_assignments(session: Session, now: datetime) -> None:
-    # One guarded UPDATE: of two concurrent sweeps, only the one that moves a row releases its slot.
-    expired = session.scalars(
-        update(Assignment)
-        .where(Assignment.status == "open", Assignment.expires_at < now)
-        .values(status="expired")
-        .returning(Assignment.pair_id)
-        .execution_options(synchronize_session=False)
-    ).all()
-    for pair_id, count in sorted(Counter(expired).items()):  # sorted: a fixed lock order across sweeps
-        _release_slots(session, pair_id, count)
-
-
-def _reserve_pair(
-    session: Session,
-    annotator_id: int,
-    settings: Settings,
-    priority: PriorityHook | None,
-    rng: random.Random,
-    now: datetime,
-) -> Assignment | None:
-    k = settings.overlap_target
-    for _ in range(_RESERVE_ATTEMPTS):
-        ranked = _ranked(session, _pair_window(session, annotator_id, k), priority)
-        if not ranked:
-            return None
-        for pair_id in ranked:
-            taken = session.execute(
-                update(Pair)
-                .where(Pair.id == pair_id, Pair.filled < k)
-                .values(filled=Pair.filled + 1)
-                .execution_options(synchronize_session=False)
-            ).rowcount
-            if taken:
-                assignment = Assignment(
-                    pair_id=pair_id,
-                    annotator_id=annotator_id,
-                    status="open",
-                    expires_at=now + timedelta(seconds=settings.assignment_ttl_s),
-                    swapped=rng.random() < 0.5,
-                )
-                session.add(assignment)
-                session.flush()
-                return assignment
-    return None  # every pair read was taken by concurrent annotators each time; the caller may ask again
-
-
-def _pair_window(session: Session, annotator_id: int, k: int) -> list[PairCandidate]:
-    """Up to NEXT_PAIR_WINDOW open pairs this annotator has not voted on, holds, or skipped (index order)."""
-    rows = session.execute(_pair_window_statement(), {"annotator_id": annotator_id, "k": k}).all()
-    return [PairCandidate(*row) for row in rows]
-
-
-# The next-pair statements are built once: constructing them costs several times more than running them.
-@cache
-def _pair_window_statement() -> Select:
-    annotator_id = bindparam("annotator_id")
-    voted = select(Vote.id).where(Vote.pair_id == Pair.id, Vote.annotator_id == annotator_id)
-    held_or_skipped = select(Assignment.id).where(
-        Assignment.annotator_id == annotator_id,
-        Assignment.status.in_(("open", "skipped")),
-        Assignment.pair_id == Pair.id,
-    )
-    return (
-        select(Pair.id, Pair.task_id, Pair.candidate_a_id, Pair.candidate_b_id, Pair.filled, Pair.priority)
-        .where(Pair.filled < bindparam("k"), ~voted.exists(), ~held_or_skipped.exists())
-        .order_by(Pair.filled, Pair.priority.desc(), Pair.id)
-        .limit(NEXT_PAIR_WINDOW)
-    )
-
-
-def _ranked(session: Session, window: list[PairCandidate], priority: PriorityHook | None) -> list[int]:
-    if priority is None or not window:
-        return [c.pair_id for c in window]
-    filled = {c.pair_id: c.filled for c in window}
-    chosen = [pair_id for pair_id in dict.fromkeys(priority(session, window)) if pair_id in filled]
-    rank = {pair_id: position for position, pair_id in enumerate(chosen)}
-    return sorted(chosen, key=lambda pair_id: (filled[pair_id], rank[pair_id]))
-
-
-def _pair_to_show(session: Session, assignment: Assignment, settings: Settings) -> PairToShow:
-    row = session.execute(
-        _pair_view_statement(), {"pair_id": assignment.pair_id, "annotator_id": assignment.annotator_id}
-    ).one()
-    source_file, a_file, b_file = (blob_path(settings, *row[i : i + 2]) for i in (11, 13, 15))
-    a, b = (*row[4:7], a_file), (*row[7:10], b_file)  # candidate id, image id, generator, stored file
-    left, right = (b, a) if assignment.swapped else (a, b)
-    return PairToShow(
-        assignment_id=assignment.id,
-        pair_id=assignment.pair_id,
-        task_id=row[0],
-        instruction=row[1],
-        category=row[2],
-        source_image_id=row[3],
-        left_candidate_id=left[0],
-        left_image_id=left[1],
-        left_generator=left[2],
-        right_candidate_id=right[0],
-        right_image_id=right[1],
-        right_generator=right[2],
-        expires_at=_aware(assignment.expires_at),
-        votes_done=row[10],
-        source_file=source_file,
-        left_file=left[3],
-        right_file=right[3],
-    )
-
-
-@cache
-def _pair_view_statement() -> Select:
-    a, b = aliased(Candidate), aliased(Candidate)
-    source_image, a_image, b_image = aliased(Image), aliased(Image), aliased(Image)
-    votes_done = select(func.count()).where(Vote.annotator_id == bindparam("annotator_id")).scalar_subquery()
-    return (
-        select(
-            Pair.task_id,
-            Task.instruction,
-            Task.category,
-            Task.source_image_id,
-            a.id,
-            a.image_id,
-            a.generator,
-            b.id,
-            b.image_id,
-            b.generator,
-            votes_done,
-            source_image.sha256,
-            source_image.format,
-            a_image.sha256,
-            a_image.format,
-            b_image.sha256,
-            b_image.format,
-        )
-        .join(Task, Task.id == Pair.task_id)
-        .join(a, a.id == Pair.candidate_a_id)
-        .join(b, b.id == Pair.candidate_b_id)
-        .join(source_image, source_image.id == Task.source_image_id)
-        .join(a_image, a_image.id == a.image_id)
-        .join(b_image, b_image.id == b.image_id)
-        .where(Pair.id == bindparam("pair_id"))
-    )
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything is stored in UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def skip_assignment(session: Session, *, assignment_id: int, annotator_id: int) -> None:
-    """Give the pair back and never offer it to this annotator again; skipping twice is a no-op."""
-    assignment = session.get(Assignment, _id(assignment_id, kind="assignment"))
-    if assignment is None:
-        raise NotFound(f"assignment {assignment_id} does not exist; ask for the next pair.")
-    if assignment.annotator_id != annotator_id:
-        raise InvalidInput(f"assignment {assignment_id} belongs to another annotator; skip only your own pair.")
-    by_id = (Assignment.id == assignment.id,)
-    if _set_status(session, (*by_id, Assignment.status == "open"), "skipped"):
-        _release_slots(session, assignment.pair_id, 1)
-    elif not _set_status(session, (*by_id, Assignment.status == "expired"), "skipped"):
-        status = session.scalar(select(Assignment.status).where(*by_id))
-        if status == "done":
-            raise InvalidInput(f"assignment {assignment_id} was already voted on; there is nothing to skip.")
-    session.refresh(assignment)
-
-
-# ------------------------------------------------------------------------------------ statistics and export
-
-
-def dataset_stats(session: Session, *, settings: Settings | None = None) -> DatasetStats:
-    """Counts for the research tab: sizes, choice mix, tie rate, rationale coverage, votes per day."""
-    k = (settings or Settings()).overlap_target
-    by_choice = dict.fromkeys(CHOICES, 0)
-    by_choice.update(session.execute(select(Vote.choice, func.count()).group_by(Vote.choice)).all())
-    votes = sum(by_choice.values())
-    with_rationale = session.scalar(select(func.count()).where(Vote.rationale.is_not(None)))
-    day = _utc_day(session, Vote.created_at)
-    per_day = session.execute(select(day, func.count()).group_by(day).order_by(day)).all()
-    return DatasetStats(
-        tasks=session.scalar(select(func.count()).select_from(Task)),
-        candidates=session.scalar(select(func.count()).select_from(Candidate)),
-        pairs=session.scalar(select(func.count()).select_from(Pair)),
-        votes=votes,
-        votes_by_choice=by_choice,
-        tie_rate=(by_choice["tie"] + by_choice["both_bad"]) / votes if votes else 0.0,
-        rationale_coverage=with_rationale / votes if votes else 0.0,
-        annotators=session.scalar(select(func.count(distinct(Vote.annotator_id)))),
-        votes_per_day=[(d if isinstance(d, date) else date.fromisoformat(d), n) for d, n in per_day],
-        pairs_at_target=session.scalar(select(func.count()).where(Pair.vote_count >= k)),
-    )
-
-
-def _utc_day(session: Session, column: Any) -> Any:
-    if session.get_bind().dialect.name == "postgresql":
-        # A literal, not a bound parameter: PostgreSQL must see the same expression in SELECT and GROUP BY.
-        return func.date(func.timezone(literal_column("'UTC'"), column))
-    return func.date(column)  # SQLite stores the UTC wall time as text
-
-
-def training_votes(session: Session, *, after_vote_id: int = 0, limit: int | None = None) -> list[TrainingVote]:
-    """Votes with everything the trainer needs, ordered by id, after a watermark (for snapshots)."""
-    left, right = aliased(Candidate), aliased(Candidate)
-    stmt = (
-        select(
-            Vote.id,
-            Vote.task_id,
-            Task.instruction,
-            Task.source_image_id,
-            left.id,
-            left.image_id,
-            left.generator,
-            right.id,
-            right.image_id,
-            right.generator,
-            Vote.choice,
-            Vote.rationale,
-            Vote.annotator_id,
-        )
-        .join(Task, Task.id == Vote.task_id)
-        .join(left, left.id == Vote.left_candidate_id)
-        .join(right, right.id == Vote.right_candidate_id)
-        .where(Vote.id > after_vote_id)
-        .order_by(Vote.id)
-        .limit(limit)
-    )
-    return [TrainingVote(*row) for row in session.execute(stmt)]

@@ -39,7 +39,7 @@ from transformers import ProcessorMixin
 from storage.errors import InvalidInput
 from storage.images import image_path
 from storage.models import Candidate, Image
-from storage.repository import training_votes
+from storage.stats import training_votes
 from storage.settings import Settings
 from trainer.prompting import Batch, PromptExample, build_example, collate
 

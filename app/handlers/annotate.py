@@ -24,8 +24,10 @@ from app.render import error, text
 from app.scoring import NoScorerYet
 from storage.errors import InvalidInput
 from storage.models import Vote
-from storage.repository import TIME_SPENT_MAX_MS, PairToShow, next_pair, record_vote, skip_assignment
+from storage.annotation_queue import PairToShow, next_pair, skip_assignment
+from storage.repository import record_vote
 from storage.settings import Settings
+from storage.validation import TIME_SPENT_MAX_MS
 
 # Button labels (what a vote button sends) → stored choice; API callers may send the choice itself.
 CHOICE_LABELS = {"Left is better": "left", "Right is better": "right", "Tie": "tie", "Both bad": "both_bad"}

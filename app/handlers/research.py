@@ -27,7 +27,7 @@ from app.render import duration, html_table, progress_bar, text
 from storage.db import transaction
 from storage.exporters import export_editreward, export_hf, export_trl
 from storage.models import ModelVersion, TrainingRun, User
-from storage.repository import dataset_stats
+from storage.stats import dataset_stats
 from trainer.backbones import preset_names
 from trainer.registry import list_versions, promote_version, rollback
 from trainer.runs_queue import cancel_run, enqueue_run, get_run, list_runs

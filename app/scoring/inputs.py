@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from storage.errors import InvalidInput
 from storage.images import open_image
 from storage.models import Candidate, Image, Task
-from storage.repository import clean_text
 from storage.settings import Settings
+from storage.validation import clean_text
 
 MAX_UPLOAD_EDITS = 16  # edited images per `score_upload` call
 

@@ -9,8 +9,8 @@ import pytest
 from app.__main__ import check_exposure, has_login, main, prepare_store, start_scoring
 from app.network import is_loopback
 from storage.db import transaction
-from storage.repository import dataset_stats
 from storage.settings import load_settings
+from storage.stats import dataset_stats
 from storage.users import create_user
 
 

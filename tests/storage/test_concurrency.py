@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from sqlalchemy import func, select
 
+from storage import annotation_queue
 from storage import repository as repo
 from storage.db import transaction
 from storage.models import Assignment, Image, Pair, User, Vote
@@ -143,7 +144,7 @@ def test_concurrent_next_pair_never_overfills_a_pair(factory, settings):
     def reserve_once(index: int, barrier: threading.Barrier) -> None:
         with transaction(factory) as session:
             barrier.wait()
-            shown = repo.next_pair(session, annotator_id=annotators[index], settings=settings)
+            shown = annotation_queue.next_pair(session, annotator_id=annotators[index], settings=settings)
             if shown is not None:
                 held.append(shown.pair_id)
 
@@ -160,7 +161,7 @@ def test_concurrent_annotators_fill_every_pair_exactly_to_target(factory, settin
         barrier.wait()
         while True:
             with transaction(factory) as session:
-                shown = repo.next_pair(session, annotator_id=annotators[index], settings=settings)
+                shown = annotation_queue.next_pair(session, annotator_id=annotators[index], settings=settings)
             if shown is None:
                 return
             with transaction(factory) as session:

@@ -24,8 +24,8 @@ from storage.demo_votes import MAX_SEEN, demo_votes, intended_choice, sim_annota
 from storage.errors import InvalidInput
 from storage.images import image_path
 from storage.models import Pair, Task, User, Vote
-from storage.repository import dataset_stats
 from storage.settings import load_settings
+from storage.stats import dataset_stats
 from tests.conftest import make_test_engine
 
 

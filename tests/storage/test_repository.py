@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
+from storage import annotation_queue, stats
 from storage import repository as repo
 from storage.errors import InvalidInput, NotFound
 from storage.images import image_path
@@ -288,22 +289,22 @@ def test_rationale_control_characters_are_stripped(session, make_task, vote):
 def test_next_pair_refuses_unknown_or_inactive_annotator(session, settings, make_task, make_user):
     make_task(n=2)
     assert_refused(
-        session, NotFound, "user 999999", lambda: repo.next_pair(session, annotator_id=999999, settings=settings)
+        session, NotFound, "user 999999", lambda: annotation_queue.next_pair(session, annotator_id=999999, settings=settings)
     )
     inactive = make_user(active=False)
     assert_refused(
         session,
         InvalidInput,
         "deactivated",
-        lambda: repo.next_pair(session, annotator_id=inactive.id, settings=settings),
+        lambda: annotation_queue.next_pair(session, annotator_id=inactive.id, settings=settings),
     )
 
 
 def test_next_pair_reserves_and_returns_the_same_pair_on_reload(session, settings, make_task, make_user):
-    assert repo.next_pair(session, annotator_id=make_user().id, settings=settings) is None  # nothing to do yet
+    assert annotation_queue.next_pair(session, annotator_id=make_user().id, settings=settings) is None  # nothing to do yet
     task, candidates = make_task(n=2)
     user = make_user()
-    shown = repo.next_pair(session, annotator_id=user.id, settings=settings, rng=random.Random(0))
+    shown = annotation_queue.next_pair(session, annotator_id=user.id, settings=settings, rng=random.Random(0))
     assert shown is not None and shown.task_id == task.id
     assert shown.instruction == task.instruction and shown.source_image_id == task.source_image_id
     by_id = {c.id: c for c in candidates}
@@ -312,7 +313,7 @@ def test_next_pair_reserves_and_returns_the_same_pair_on_reload(session, setting
     assert shown.right_generator == by_id[shown.right_candidate_id].generator
     assert shown.expires_at > utcnow() and shown.votes_done == 0
     assert pair_counts(session, shown.pair_id) == (0, 1)
-    reload = repo.next_pair(session, annotator_id=user.id, settings=settings, rng=random.Random(1))
+    reload = annotation_queue.next_pair(session, annotator_id=user.id, settings=settings, rng=random.Random(1))
     assert reload == shown
     assert pair_counts(session, shown.pair_id) == (0, 1)
 
@@ -323,13 +324,13 @@ def test_left_right_order_is_randomised(session, settings, make_task, make_user)
     lefts = set()
     for seed in range(12):
         user = make_user()
-        shown = repo.next_pair(session, annotator_id=user.id, settings=settings, rng=random.Random(seed))
+        shown = annotation_queue.next_pair(session, annotator_id=user.id, settings=settings, rng=random.Random(seed))
         lefts.add(shown.left_candidate_id)
         # The stored files come with the pair, on the side each candidate is shown.
         assert shown.source_file == image_path(settings, session.get(Image, task.source_image_id))
         assert (shown.left_file, shown.right_file) == (file_of[shown.left_candidate_id],
                                                         file_of[shown.right_candidate_id])
-        repo.skip_assignment(session, assignment_id=shown.assignment_id, annotator_id=user.id)
+        annotation_queue.skip_assignment(session, assignment_id=shown.assignment_id, annotator_id=user.id)
     assert len(lefts) == 2
 
 
@@ -338,7 +339,7 @@ def test_next_pair_never_repeats_a_voted_pair(session, settings, make_task, make
     make_task(n=3)
     user = make_user()
     seen = []
-    while (shown := repo.next_pair(session, annotator_id=user.id, settings=settings)) is not None:
+    while (shown := annotation_queue.next_pair(session, annotator_id=user.id, settings=settings)) is not None:
         seen.append(shown.pair_id)
         assert shown.votes_done == len(seen) - 1
         vote(
@@ -355,7 +356,7 @@ def test_next_pair_fills_each_pair_to_the_overlap_target(session, settings, make
     k = settings.overlap_target
     for _ in range(8):
         user = make_user()
-        while (shown := repo.next_pair(session, annotator_id=user.id, settings=settings)) is not None:
+        while (shown := annotation_queue.next_pair(session, annotator_id=user.id, settings=settings)) is not None:
             vote(
                 session.get(Task, shown.task_id),
                 session.get(Candidate, shown.left_candidate_id),
@@ -365,26 +366,26 @@ def test_next_pair_fills_each_pair_to_the_overlap_target(session, settings, make
     rows = session.execute(select(Pair.vote_count, Pair.filled)).all()
     assert rows == [(k, k)] * 3
     assert session.scalar(select(func.count()).select_from(Assignment).where(Assignment.status == "done")) == 3 * k
-    assert repo.dataset_stats(session, settings=settings).pairs_at_target == 3
+    assert stats.dataset_stats(session, settings=settings).pairs_at_target == 3
 
 
 def test_next_pair_prefers_fewest_votes_then_priority_then_id(session, settings, make_task, make_user, vote):
     _, (a, b, c) = make_task(n=3)  # pairs (a,b), (a,c), (b,c) in id order
     task = session.get(Task, a.task_id)
     vote(task, a, b, annotator_id=make_user().id)
-    first = repo.next_pair(session, annotator_id=make_user().id, settings=settings)
+    first = annotation_queue.next_pair(session, annotator_id=make_user().id, settings=settings)
     assert (first.left_candidate_id, first.right_candidate_id) in {(a.id, c.id), (c.id, a.id)}  # lowest id at 0
     pair_bc = session.scalar(select(Pair.id).where(Pair.candidate_a_id == b.id, Pair.candidate_b_id == c.id))
     pair_ab = session.scalar(select(Pair.id).where(Pair.candidate_a_id == a.id, Pair.candidate_b_id == b.id))
-    assert repo.set_pair_priorities(session, priorities={pair_bc: 0.1, pair_ab: 9.0}) == 2
+    assert annotation_queue.set_pair_priorities(session, priorities={pair_bc: 0.1, pair_ab: 9.0}) == 2
     # filled: (a,b) 1 by the vote, (a,c) 1 by the reservation, (b,c) 0: the least filled wins over priority.
-    assert repo.next_pair(session, annotator_id=make_user().id, settings=settings).pair_id == pair_bc
+    assert annotation_queue.next_pair(session, annotator_id=make_user().id, settings=settings).pair_id == pair_bc
     # All at filled == 1 now: the highest priority goes first.
-    assert repo.next_pair(session, annotator_id=make_user().id, settings=settings).pair_id == pair_ab
+    assert annotation_queue.next_pair(session, annotator_id=make_user().id, settings=settings).pair_id == pair_ab
     with pytest.raises(NotFound, match="do not exist"):
-        repo.set_pair_priorities(session, priorities={999999: 1.0})
+        annotation_queue.set_pair_priorities(session, priorities={999999: 1.0})
     with pytest.raises(InvalidInput, match="finite number"):
-        repo.set_pair_priorities(session, priorities={pair_ab: float("nan")})
+        annotation_queue.set_pair_priorities(session, priorities={pair_ab: float("nan")})
 
 
 def test_priority_hook_reorders_within_the_lowest_fill_level(session, settings, make_task, make_user, vote):
@@ -396,29 +397,29 @@ def test_priority_hook_reorders_within_the_lowest_fill_level(session, settings, 
         seen_windows.append([c.pair_id for c in candidates])
         return [c.pair_id for c in reversed(candidates)] + [424242]  # unknown ids are ignored
 
-    shown = repo.next_pair(session, annotator_id=make_user().id, settings=settings, priority=last_first)
+    shown = annotation_queue.next_pair(session, annotator_id=make_user().id, settings=settings, priority=last_first)
     assert shown.pair_id == pair_ids[-1] and seen_windows[-1] == pair_ids
     # The hook cannot lift a pair over a less-filled one: after this reservation pair_ids[-1] has filled 1.
-    shown = repo.next_pair(session, annotator_id=make_user().id, settings=settings, priority=last_first)
+    shown = annotation_queue.next_pair(session, annotator_id=make_user().id, settings=settings, priority=last_first)
     assert shown.pair_id == pair_ids[-2]
-    only_first = repo.next_pair(
+    only_first = annotation_queue.next_pair(
         session, annotator_id=make_user().id, settings=settings, priority=lambda _s, cands: [cands[0].pair_id]
     )
     assert only_first.pair_id == pair_ids[0]
-    assert repo.next_pair(session, annotator_id=make_user().id, settings=settings, priority=lambda _s, _c: []) is None
+    assert annotation_queue.next_pair(session, annotator_id=make_user().id, settings=settings, priority=lambda _s, _c: []) is None
 
 
 def test_expired_assignments_release_their_slots(session, settings, make_task, make_user, vote):
     task, (a, b) = make_task(n=2)
     first, second, third = make_user(), make_user(), make_user()
-    held = [repo.next_pair(session, annotator_id=u.id, settings=settings) for u in (first, second)]
-    assert repo.next_pair(session, annotator_id=third.id, settings=settings) is None  # k == 2 slots are held
+    held = [annotation_queue.next_pair(session, annotator_id=u.id, settings=settings) for u in (first, second)]
+    assert annotation_queue.next_pair(session, annotator_id=third.id, settings=settings) is None  # k == 2 slots are held
     session.execute(
         update(Assignment)
         .where(Assignment.id == held[0].assignment_id)
         .values(expires_at=utcnow() - timedelta(seconds=1))
     )
-    offered = repo.next_pair(session, annotator_id=third.id, settings=settings)
+    offered = annotation_queue.next_pair(session, annotator_id=third.id, settings=settings)
     assert offered is not None and offered.pair_id == held[0].pair_id
     statuses = dict(session.execute(select(Assignment.annotator_id, Assignment.status)).all())
     assert statuses == {first.id: "expired", second.id: "open", third.id: "open"}
@@ -431,32 +432,32 @@ def test_expired_assignments_release_their_slots(session, settings, make_task, m
 def test_skip_releases_the_slot_and_hides_the_pair_from_that_annotator(session, settings, make_task, make_user):
     make_task(n=2)
     user, other = make_user(), make_user()
-    shown = repo.next_pair(session, annotator_id=user.id, settings=settings)
+    shown = annotation_queue.next_pair(session, annotator_id=user.id, settings=settings)
     assert_refused(
         session,
         NotFound,
         "assignment 999999",
-        lambda: repo.skip_assignment(session, assignment_id=999999, annotator_id=user.id),
+        lambda: annotation_queue.skip_assignment(session, assignment_id=999999, annotator_id=user.id),
     )
     assert_refused(
         session,
         InvalidInput,
         "another annotator",
-        lambda: repo.skip_assignment(session, assignment_id=shown.assignment_id, annotator_id=other.id),
+        lambda: annotation_queue.skip_assignment(session, assignment_id=shown.assignment_id, annotator_id=other.id),
     )
-    repo.skip_assignment(session, assignment_id=shown.assignment_id, annotator_id=user.id)
+    annotation_queue.skip_assignment(session, assignment_id=shown.assignment_id, annotator_id=user.id)
     assert pair_counts(session, shown.pair_id) == (0, 0)
     before = snapshot(session)
-    repo.skip_assignment(session, assignment_id=shown.assignment_id, annotator_id=user.id)  # twice: no-op
+    annotation_queue.skip_assignment(session, assignment_id=shown.assignment_id, annotator_id=user.id)  # twice: no-op
     assert snapshot(session) == before
-    assert repo.next_pair(session, annotator_id=user.id, settings=settings) is None
-    assert repo.next_pair(session, annotator_id=other.id, settings=settings).pair_id == shown.pair_id
+    assert annotation_queue.next_pair(session, annotator_id=user.id, settings=settings) is None
+    assert annotation_queue.next_pair(session, annotator_id=other.id, settings=settings).pair_id == shown.pair_id
 
 
 def test_skipping_a_voted_assignment_is_refused(session, settings, make_task, make_user, vote):
     make_task(n=2)
     user = make_user()
-    shown = repo.next_pair(session, annotator_id=user.id, settings=settings)
+    shown = annotation_queue.next_pair(session, annotator_id=user.id, settings=settings)
     vote(
         session.get(Task, shown.task_id),
         session.get(Candidate, shown.left_candidate_id),
@@ -468,7 +469,7 @@ def test_skipping_a_voted_assignment_is_refused(session, settings, make_task, ma
         session,
         InvalidInput,
         "already voted",
-        lambda: repo.skip_assignment(session, assignment_id=shown.assignment_id, annotator_id=user.id),
+        lambda: annotation_queue.skip_assignment(session, assignment_id=shown.assignment_id, annotator_id=user.id),
     )
 
 
@@ -476,7 +477,7 @@ def test_skipping_a_voted_assignment_is_refused(session, settings, make_task, ma
 
 
 def test_dataset_stats(session, settings, make_task, make_user, vote):
-    empty = repo.dataset_stats(session, settings=settings)
+    empty = stats.dataset_stats(session, settings=settings)
     assert (empty.votes, empty.tie_rate, empty.rationale_coverage, empty.votes_per_day) == (0, 0.0, 0.0, [])
     task, (a, b, c) = make_task(n=3)
     users = [make_user() for _ in range(3)]
@@ -484,19 +485,19 @@ def test_dataset_stats(session, settings, make_task, make_user, vote):
     vote(task, a, b, annotator_id=users[1].id, choice="tie")
     vote(task, a, c, annotator_id=users[0].id, choice="both_bad", rationale="both ignore 'wood'")
     vote(task, b, c, choice="right")  # anonymous (imported)
-    stats = repo.dataset_stats(session, settings=settings)
-    assert (stats.tasks, stats.candidates, stats.pairs, stats.votes) == (1, 3, 3, 4)
-    assert stats.votes_by_choice == {"left": 1, "right": 1, "tie": 1, "both_bad": 1}
-    assert stats.tie_rate == 0.5 and stats.rationale_coverage == 0.5
-    assert stats.annotators == 2 and stats.pairs_at_target == 1
-    assert stats.votes_per_day == [(utcnow().date(), 4)]
+    counts = stats.dataset_stats(session, settings=settings)
+    assert (counts.tasks, counts.candidates, counts.pairs, counts.votes) == (1, 3, 3, 4)
+    assert counts.votes_by_choice == {"left": 1, "right": 1, "tie": 1, "both_bad": 1}
+    assert counts.tie_rate == 0.5 and counts.rationale_coverage == 0.5
+    assert counts.annotators == 2 and counts.pairs_at_target == 1
+    assert counts.votes_per_day == [(utcnow().date(), 4)]
 
 
 def test_training_votes_in_id_order_after_a_watermark(session, make_task, make_user, vote):
     task, (a, b, c) = make_task(n=3)
     first = vote(task, b, a, choice="right", rationale="A is sharper").vote
     second = vote(task, a, c, choice="tie", annotator_id=make_user().id).vote
-    rows = repo.training_votes(session)
+    rows = stats.training_votes(session)
     assert [r.vote_id for r in rows] == [first.id, second.id]
     assert dataclasses.asdict(rows[0]) == dict(
         vote_id=first.id,
@@ -513,5 +514,5 @@ def test_training_votes_in_id_order_after_a_watermark(session, make_task, make_u
         rationale="A is sharper",
         annotator_id=None,
     )
-    assert [r.vote_id for r in repo.training_votes(session, after_vote_id=first.id)] == [second.id]
-    assert repo.training_votes(session, after_vote_id=second.id) == []
+    assert [r.vote_id for r in stats.training_votes(session, after_vote_id=first.id)] == [second.id]
+    assert stats.training_votes(session, after_vote_id=second.id) == []

@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 
 from storage.errors import InvalidInput, NotFound
 from storage.models import ModelVersion, TrainingRun, utcnow
-from storage.repository import json_object
 from storage.settings import Settings
+from storage.validation import json_object
 from trainer.registry.files import MANIFEST, fsync_path, fsync_tree, hash_payload, write_manifest
 
 log = logging.getLogger(__name__)
