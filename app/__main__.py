@@ -1,7 +1,8 @@
 """`python -m app`: start JRM Studio — the web app, its scorer and (unless --no-worker) the retraining worker.
 
-On start the schema is upgraded and an empty store gets the demo dataset; the worker then trains the first model
-version on it, and the scorer serves it as soon as it is promoted. The app binds 127.0.0.1 by default; any other
+On start the schema is upgraded and, in local mode (no log-in, a SQLite file) or with --demo-data, an
+empty store gets the demo dataset; the worker then trains the first model version on it, and the scorer serves it
+as soon as it is promoted. A team's store (PostgreSQL, or --auth) is never seeded unless asked to. The app binds 127.0.0.1 by default; any other
 address needs authentication (`--auth` or JRM_AUTH=1), with users from `python -m storage users add`.
 """
 
@@ -14,6 +15,7 @@ import sys
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.deps import Deps
@@ -37,7 +39,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="log in with the store's users (default: JRM_AUTH, off)")
     parser.add_argument("--no-worker", action="store_true", help="do not start the retraining worker in-process")
     parser.add_argument("--database", help="SQLAlchemy URL (default: JRM_DATABASE_URL or SQLite in JRM_DATA_DIR)")
+    parser.add_argument("--demo-data", action=argparse.BooleanOptionalAction, default=None,
+                        help="seed the demo dataset into an empty store (default: JRM_SEED_DEMO, auto = local mode "
+                             "only)")
     return parser.parse_args(argv)
+
+
+def should_seed_demo(settings: Settings) -> bool:
+    """Seed the demo into an empty store? `yes`/`no` as set; `auto`: only in local mode (no log-in) on a SQLite file,
+    so simulated votes never land in a team's store (PostgreSQL, or one with log-in) by accident."""
+    if settings.seed_demo != "auto":
+        return settings.seed_demo == "yes"
+    return not settings.auth and make_url(settings.resolved_database_url).get_backend_name() == "sqlite"
 
 
 def check_exposure(settings: Settings) -> str | None:
@@ -55,7 +68,8 @@ def prepare_store(settings: Settings) -> sessionmaker[Session]:
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
     factory = session_factory(engine)
-    seeded = ensure_demo_data(factory, settings=settings, tasks=settings.demo_tasks) if settings.demo_tasks else None
+    seed = settings.demo_tasks > 0 and should_seed_demo(settings)
+    seeded = ensure_demo_data(factory, settings=settings, tasks=settings.demo_tasks) if seed else None
     if seeded is not None:
         log.info("Seeded the demo dataset: %s tasks, %s votes in %.0f s", seeded.tasks, seeded.votes, seeded.seconds)
     return factory
@@ -113,7 +127,9 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        settings = load_settings(database_url=args.database, host=args.host, port=args.port, auth=args.auth)
+        seed_demo = None if args.demo_data is None else "yes" if args.demo_data else "no"
+        settings = load_settings(database_url=args.database, host=args.host, port=args.port, auth=args.auth,
+                                 seed_demo=seed_demo)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

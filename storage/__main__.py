@@ -97,13 +97,85 @@ def cmd_import(args: argparse.Namespace, session: Session, settings: Settings) -
 def cmd_export(args: argparse.Namespace, session: Session, settings: Settings) -> None:
     from storage import exporters
 
+    chosen = _selection(args, session, settings, exclude_flagged=False)
     if args.format in ("hf", "parquet"):
-        count = exporters.export_hf(session, out=args.out, settings=settings, parquet=args.format == "parquet")
+        count = exporters.export_hf(session, out=args.out, settings=settings, parquet=args.format == "parquet",
+                                    selection=chosen)
     elif args.format == "trl":
-        count = exporters.export_trl(session, out=args.out, settings=settings)
+        count = exporters.export_trl(session, out=args.out, settings=settings, selection=chosen)
     else:
-        count = exporters.export_editreward(session, out=args.out, images_dir=args.images_dir, settings=settings)
-    _out(f"exported {count} votes to {args.out}")
+        count = exporters.export_editreward(session, out=args.out, images_dir=args.images_dir, settings=settings,
+                                            selection=chosen)
+    _out(f"exported {count} votes ({', '.join(chosen.provenances)}) to {args.out}")
+
+
+def _selection(args: argparse.Namespace, session: Session, settings: Settings, *, exclude_flagged: bool):
+    """`--provenance a,b` when given, else the store's default (human + import; demo in a demo-only store)."""
+    from storage.provenance import VoteSelection, vote_selection
+
+    chosen = vote_selection(session, settings=settings, exclude_flagged=exclude_flagged)
+    if args.provenance:
+        return VoteSelection(tuple(p.strip() for p in args.provenance.split(",") if p.strip()),
+                             chosen.excluded_annotators)
+    return chosen
+
+
+def cmd_agreement(args: argparse.Namespace, session: Session, settings: Settings) -> None:
+    from storage import audit
+
+    chosen = _selection(args, session, settings, exclude_flagged=False)  # the check looks at everyone's votes
+    version_id = _version_id(session, args.version)
+    report = audit.quality_report(session, selection=chosen, version_id=version_id)
+    versions = audit.agreement_by_version(session, audit.pair_votes(session, selection=chosen))
+    if args.write_flags:
+        audit.write_flags(session, report)
+    if args.json:
+        payload = {**report.to_json(), "provenances": list(chosen.provenances),
+                   "versions": [dataclasses.asdict(v) for v in versions]}
+        _out(json.dumps(payload, indent=1, default=str))
+        return
+    _out(f"Krippendorff's alpha (nominal, {', '.join(chosen.provenances)} votes): {_num(report.krippendorff_alpha)}")
+    _print_table(("annotator", "votes", "left rate", "p", "median s", "model agr.", "flagged", "reasons"),
+                 [(a.name, a.votes, _num(a.left_rate), _num(a.left_rate_p), _num(a.median_seconds),
+                   _num(a.model_agreement.rate if a.model_agreement else None), "yes" if a.flagged else "",
+                   "; ".join(a.reasons)) for a in report.annotators])
+    if versions:
+        _out()
+        _print_table(("version", "status", "agreement with humans", "decisive votes"),
+                     [(v.name, v.status, _num(v.agreement), v.votes) for v in versions])
+
+
+def _version_id(session: Session, name: str | None) -> int | None:
+    """The id of version `name`, or of the active version when no name is given (None when there is none)."""
+    from sqlalchemy import select
+
+    from storage.models import ModelVersion
+
+    query = select(ModelVersion.id).where(ModelVersion.name == name if name else ModelVersion.status == "active")
+    version_id = session.scalar(query)
+    if name and version_id is None:
+        raise InvalidInput(f"no model version is named {name!r}; see the Research tab for the names.")
+    return version_id
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
+def cmd_flags_clear(args: argparse.Namespace, session: Session, settings: Settings) -> None:
+    from storage import audit
+
+    researcher = users.get_user_by_name(session, name=args.by) if args.by else None
+    if args.by and researcher is None:
+        raise InvalidInput(f"no user is named {args.by!r}; --by names the researcher who clears the flag.")
+    audit.clear_flag(session, annotator=args.name, cleared_by_id=researcher and researcher.id, reason=args.reason)
+    _out(f"cleared the flag on {args.name}: their votes train again")
+
+
+def cmd_users_cap(args: argparse.Namespace, session: Session, settings: Settings) -> None:
+    user = users.set_daily_cap(session, name=args.name, cap=args.cap)
+    _out(f"{user.name} may cast {user.daily_vote_cap or 'any number of'} votes a day"
+         + ("" if user.daily_vote_cap else " (the store's JRM_DAILY_VOTE_CAP applies)"))
 
 
 # --- output -------------------------------------------------------------------------------------------------
@@ -153,7 +225,26 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("stats", parents=[common], help="print dataset statistics").set_defaults(handler=cmd_stats)
     _add_import(commands, common)
     _add_export(commands, common)
+    _add_quality(commands, common)
     return parser
+
+
+def _add_quality(commands, common: argparse.ArgumentParser) -> None:
+    agreement = commands.add_parser("agreement", parents=[common],
+                                    help="annotator agreement (kappa, alpha), quality checks and flags")
+    agreement.add_argument("--json", action="store_true", help="print the report as JSON")
+    agreement.add_argument("--version", help="model version for model agreement (default: the active one)")
+    agreement.add_argument("--provenance", help="comma-separated provenances (default: the store's selection)")
+    agreement.add_argument("--write-flags", action="store_true", help="store the verdicts (the worker does so "
+                                                                         "after each promotion)")
+    agreement.set_defaults(handler=cmd_agreement)
+    flags = commands.add_parser("flags", help="annotator quality flags").add_subparsers(dest="action", required=True,
+                                                                                         metavar="ACTION")
+    clear = flags.add_parser("clear", parents=[common], help="clear a flag: the annotator's votes train again")
+    clear.add_argument("name")
+    clear.add_argument("--reason", required=True, help="why the flag is cleared (kept with it)")
+    clear.add_argument("--by", help="the researcher's user name")
+    clear.set_defaults(handler=cmd_flags_clear)
 
 
 def _add_users(commands, common: argparse.ArgumentParser) -> None:
@@ -171,6 +262,10 @@ def _add_users(commands, common: argparse.ArgumentParser) -> None:
     deactivate = group.add_parser("deactivate", parents=[common], help="stop a user from logging in")
     deactivate.add_argument("name")
     deactivate.set_defaults(handler=cmd_users_deactivate)
+    cap = group.add_parser("cap", parents=[common], help="set a user's daily vote cap (0: the store's setting)")
+    cap.add_argument("name")
+    cap.add_argument("cap", type=int)
+    cap.set_defaults(handler=cmd_users_cap)
 
 
 def _add_import(commands, common: argparse.ArgumentParser) -> None:
@@ -198,6 +293,8 @@ def _add_export(commands, common: argparse.ArgumentParser) -> None:
     editreward.add_argument("--images-dir", type=Path, required=True, help="where the images are written")
     for sub in (hf, parquet, trl, editreward):
         sub.add_argument("out", type=Path)
+        sub.add_argument("--provenance", help="comma-separated provenances to export: human, import, demo "
+                                              "(default: the store's selection)")
         sub.set_defaults(handler=cmd_export)
 
 
@@ -217,14 +314,18 @@ def run(args: argparse.Namespace) -> None:
         if args.command == "upgrade":
             _out(f"{make_url(url).render_as_string(hide_password=True)} is at revision {current_revision(engine)}")
             return
-        read_only = args.handler in READ_ONLY_COMMANDS  # exports and stats must not block annotators' votes
-        with transaction(session_factory(engine, read_only=read_only)) as session:
+        with transaction(session_factory(engine, read_only=_read_only(args))) as session:
             args.handler(args, session, settings)
     finally:
         engine.dispose()
 
 
 READ_ONLY_COMMANDS = (cmd_stats, cmd_export, cmd_users_list)
+
+
+def _read_only(args: argparse.Namespace) -> bool:
+    """Exports, statistics and a report that writes no flags must not block annotators' votes."""
+    return args.handler in READ_ONLY_COMMANDS or (args.handler is cmd_agreement and not args.write_flags)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

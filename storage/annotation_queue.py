@@ -22,6 +22,7 @@ from typing import Protocol
 from sqlalchemy import Select, bindparam, case, func, select, update
 from sqlalchemy.orm import Session, aliased
 
+from storage.caps import check_daily_cap
 from storage.errors import InvalidInput, NotFound
 from storage.images import blob_path
 from storage.models import Assignment, Candidate, Image, Pair, Task, Vote, utcnow
@@ -125,8 +126,10 @@ def next_pair(
     priority: PriorityHook | None = None,
     rng: random.Random | None = None,
 ) -> PairToShow | None:
-    """Reserve the next pair for this annotator (or return the one they already hold); None when none is left."""
-    _require_active_user(session, annotator_id)
+    """Reserve the next pair for this annotator (or return the one they already hold); None when none is left.
+
+    `DailyCapReached` when the annotator has cast today's allowed votes."""
+    check_daily_cap(session, user=_require_active_user(session, annotator_id), settings=settings)
     now = utcnow()
     assignment = session.scalar(
         select(Assignment)

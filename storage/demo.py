@@ -80,6 +80,7 @@ def _ensure_task(session: Session, demo: DemoTask, settings: Settings) -> tuple[
         instruction=demo.instruction,
         category=demo.category,
         origin=DEMO_ORIGIN,
+        provenance=DEMO_ORIGIN,
         external_id=demo.external_id,
         settings=settings,
     )
@@ -123,6 +124,7 @@ def _store_votes(
             client_submission_id=vote.client_submission_id,
             time_spent_ms=vote.time_spent_ms,
             origin=DEMO_ORIGIN,
+            provenance=DEMO_ORIGIN,
             settings=settings,
         )
         created += result.created

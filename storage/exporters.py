@@ -23,6 +23,7 @@ from storage import interchange as fmt
 from storage.errors import InvalidInput
 from storage.images import image_path
 from storage.models import Candidate, Image, Task, User, Vote
+from storage.provenance import ALL_VOTES, VoteSelection
 from storage.settings import Settings
 
 BATCH_ROWS = 128
@@ -64,8 +65,9 @@ class _Catalog:
         return {"bytes": self.read_bytes(image_id), "path": f"{image.sha256}.{image.format}"}
 
 
-def _votes(session: Session) -> Iterator[Vote]:
-    yield from session.scalars(select(Vote).order_by(Vote.id).execution_options(yield_per=BATCH_ROWS))
+def _votes(session: Session, selection: VoteSelection) -> Iterator[Vote]:
+    query = select(Vote).where(*selection.where()).order_by(Vote.id)
+    yield from session.scalars(query.execution_options(yield_per=BATCH_ROWS))
 
 
 def _iso(vote: Vote) -> str | None:
@@ -167,17 +169,19 @@ def _write_dataset(rows: Iterable[dict[str, Any]], features, out: Path, *, parqu
     return count
 
 
-def export_hf(session: Session, *, out: Path, settings: Settings, parquet: bool = False) -> int:
+def export_hf(
+    session: Session, *, out: Path, settings: Settings, parquet: bool = False, selection: VoteSelection = ALL_VOTES
+) -> int:
     """Write one row per vote (images embedded) as a save_to_disk folder, or a parquet file; returns the count."""
     catalog = _Catalog.load(session, settings)
-    rows = (_vote_row(catalog, vote) for vote in _votes(session))
+    rows = (_vote_row(catalog, vote) for vote in _votes(session, selection))
     return _write_dataset(rows, fmt.VOTE_FEATURES, out, parquet=parquet)
 
 
-def export_trl(session: Session, *, out: Path, settings: Settings) -> int:
+def export_trl(session: Session, *, out: Path, settings: Settings, selection: VoteSelection = ALL_VOTES) -> int:
     """Write TRL-style pairs; `out` ending in .parquet gives a parquet file, else a save_to_disk folder."""
     catalog = _Catalog.load(session, settings)
-    rows = (_trl_row(_vote_row(catalog, vote)) for vote in _votes(session))
+    rows = (_trl_row(_vote_row(catalog, vote)) for vote in _votes(session, selection))
     return _write_dataset(rows, fmt.TRL_FEATURES, out, parquet=out.suffix == ".parquet")
 
 
@@ -244,12 +248,14 @@ def _other_extra(catalog: _Catalog, candidate_id: int) -> dict[str, Any] | None:
     return rest or None
 
 
-def export_editreward(session: Session, *, out: Path, images_dir: Path, settings: Settings) -> int:
+def export_editreward(
+    session: Session, *, out: Path, images_dir: Path, settings: Settings, selection: VoteSelection = ALL_VOTES
+) -> int:
     """Write the votes as an EditReward-Data JSON list, images under `images_dir` by sha256; returns the count."""
     _refuse_existing(out)
     images_dir.mkdir(parents=True, exist_ok=True)
     catalog = _Catalog.load(session, settings)
-    records = [_editreward_record(catalog, vote, images_dir) for vote in _votes(session)]
+    records = [_editreward_record(catalog, vote, images_dir) for vote in _votes(session, selection)]
     text = json.dumps(records, ensure_ascii=False, indent=1)
     _write_atomically(out, text.encode("utf-8"))
     return len(records)

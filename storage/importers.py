@@ -23,7 +23,7 @@ from storage import interchange as fmt
 from storage.errors import InvalidInput
 from storage.images import store_image
 from storage.interchange import ImportSummary
-from storage.models import CHOICES, Candidate, Image, Task
+from storage.models import CHOICES, SOURCE_MAX_CHARS, Candidate, Image, Task
 from storage.repository import add_candidate, create_task, record_vote
 from storage.settings import Settings
 from storage.users import create_user, get_user_by_name
@@ -52,12 +52,19 @@ class VoteInput:
     created_at: datetime | None = None
 
 
+def source_name(path: Path) -> str:
+    """How an import's file or folder is recorded on its rows: the resolved path, cut to the column's width."""
+    name = str(path.resolve())
+    return name if len(name) <= SOURCE_MAX_CHARS else "…" + name[-(SOURCE_MAX_CHARS - 1):]
+
+
 @dataclass
 class _Importer:
     """Per-import caches and counters over one session."""
 
     session: Session
     settings: Settings
+    source_file: str  # the imported file or folder, kept on every task and vote it brings (provenance "import")
     summary: ImportSummary = field(default_factory=ImportSummary)
     _tasks: dict[tuple[int, str], Task] = field(default_factory=dict)
     _candidates: dict[tuple[int, int, str], Candidate] = field(default_factory=dict)
@@ -90,7 +97,7 @@ class _Importer:
             if task is None:
                 task = create_task(self.session, source_image_id=item.source.id, instruction=item.instruction,
                                    category=item.category, origin=item.task_origin, external_id=item.external_id,
-                                   settings=self.settings)
+                                   provenance="import", source=self.source_file, settings=self.settings)
                 self.summary.tasks += 1
             self._tasks[key] = task
         return self._tasks[key]
@@ -125,7 +132,8 @@ class _Importer:
             self.session, task_id=task.id, left_candidate_id=left.id, right_candidate_id=right.id,
             choice=item.choice, rationale=item.rationale, annotator_id=self.annotator_id(item.annotator),
             client_submission_id=item.client_submission_id, dimension_scores=item.dimension_scores,
-            time_spent_ms=item.time_spent_ms, origin=item.origin, settings=self.settings,
+            time_spent_ms=item.time_spent_ms, origin=item.origin, provenance="import",
+            source=self.source_file, settings=self.settings,
         )
         if result.created and item.created_at is not None:
             result.vote.created_at = item.created_at
@@ -218,7 +226,7 @@ def import_editreward(session: Session, *, path: Path, images_root: Path, settin
         raise InvalidInput(f"{path}: expected a JSON list of records, got a JSON {type(records).__name__}")
     if not images_root.is_dir():
         raise FileNotFoundError(f"images root {images_root} is not a folder")
-    importer = _Importer(session, settings)
+    importer = _Importer(session, settings, source_file=source_name(path))
     for row, record in enumerate(records, start=1):
         _at_row(f"{path.name} row {row}", _editreward_record, importer, record, images_root)
         importer.summary.rows += 1
@@ -328,7 +336,7 @@ def import_folder(session: Session, *, root: Path, settings: Settings) -> Import
     """Import `root/<task>/`: source.<ext>, instruction.txt, category.txt?, candidates/<name>.<ext>, votes.jsonl?"""
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
-    importer = _Importer(session, settings)
+    importer = _Importer(session, settings, source_file=source_name(root))
     for task_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         _at_row(f"{task_dir.name}", _folder_task, importer, task_dir)
         importer.summary.rows += 1
@@ -419,7 +427,7 @@ def _folder_vote(importer: _Importer, base: VoteInput, candidates: dict[str, Ima
 
 def import_hf(session: Session, *, path: Path, settings: Settings) -> ImportSummary:
     """Import a dataset written by `export hf` / `export parquet` (a save_to_disk folder or a parquet file)."""
-    importer = _Importer(session, settings)
+    importer = _Importer(session, settings, source_file=source_name(path))
     for row, record in enumerate(_hf_rows(path), start=1):
         _at_row(f"{path.name} row {row}", _hf_record, importer, record)
         importer.summary.rows += 1

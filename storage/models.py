@@ -31,6 +31,10 @@ AssignmentStatus = Literal["open", "done", "skipped", "expired"]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 RunTrigger = Literal["manual", "threshold", "schedule", "first_run", "cli"]
 VersionStatus = Literal["candidate", "active", "rejected", "retired"]
+# Where a task or vote came from: a person in this app, the built-in simulator, or a file brought in.
+Provenance = Literal["human", "demo", "import"]
+# A pair's known answer in canonical order (candidate A = the lower id), for gold-pair quality checks.
+GoldAnswer = Literal["a", "b", "tie", "both_bad"]
 
 ROLES: tuple[str, ...] = get_args(Role)
 CHOICES: tuple[str, ...] = get_args(Choice)
@@ -38,6 +42,9 @@ RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
 RUN_TRIGGERS: tuple[str, ...] = get_args(RunTrigger)
 VERSION_STATUSES: tuple[str, ...] = get_args(VersionStatus)
 ASSIGNMENT_STATUSES: tuple[str, ...] = get_args(AssignmentStatus)
+PROVENANCES: tuple[str, ...] = get_args(Provenance)
+GOLD_ANSWERS: tuple[str, ...] = get_args(GoldAnswer)
+SOURCE_MAX_CHARS = 1024
 
 
 def utcnow() -> datetime:
@@ -72,6 +79,7 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16), default="annotator")
     password_hash: Mapped[str | None] = mapped_column(String(255))  # None: cannot log in (simulated, import)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    daily_vote_cap: Mapped[int | None] = mapped_column(Integer)  # None: the store's JRM_DAILY_VOTE_CAP
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -93,12 +101,15 @@ class Task(Base):
     """A source image and an edit instruction; candidates are edits of it."""
 
     __tablename__ = "tasks"
+    __table_args__ = (_one_of("provenance", PROVENANCES, "provenance"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     source_image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
     instruction: Mapped[str] = mapped_column(Text)
     category: Mapped[str | None] = mapped_column(String(64))
     origin: Mapped[str] = mapped_column(String(64), default="manual")  # demo | editreward | folder | upload …
+    provenance: Mapped[str] = mapped_column(String(16), default="human", server_default="human", index=True)
+    source: Mapped[str | None] = mapped_column(String(SOURCE_MAX_CHARS))  # the imported file or folder
     external_id: Mapped[str | None] = mapped_column(String(255), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -134,6 +145,7 @@ class Pair(Base):
     __table_args__ = (
         UniqueConstraint("candidate_a_id", "candidate_b_id"),
         CheckConstraint("candidate_a_id < candidate_b_id", name="ordered"),
+        _one_of("gold", GOLD_ANSWERS, "gold"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -143,11 +155,14 @@ class Pair(Base):
     vote_count: Mapped[int] = mapped_column(Integer, default=0)
     filled: Mapped[int] = mapped_column(Integer, default=0)
     priority: Mapped[float] = mapped_column(Float, default=0.0)
+    gold: Mapped[str | None] = mapped_column(String(16))  # known answer (GOLD_ANSWERS) of a gold pair
 
 
 # The next-pair query orders by `filled, priority DESC, id`; an index in exactly that order lets it stop after
 # a few rows at any table size (an all-ascending index would make PostgreSQL sort every unfilled pair).
 Index("ix_pairs_next", Pair.filled, Pair.priority.desc(), Pair.id)
+# The same for the "active" sampling order, where priority alone ranks the pairs below the overlap target.
+Index("ix_pairs_priority", Pair.priority.desc(), Pair.id)
 
 
 class Assignment(Base):
@@ -176,6 +191,7 @@ class Vote(Base):
     __tablename__ = "votes"
     __table_args__ = (
         _one_of("choice", CHOICES, "choice"),
+        _one_of("provenance", PROVENANCES, "provenance"),
         CheckConstraint("left_candidate_id <> right_candidate_id", name="distinct_candidates"),
         # One vote per annotator per pair; anonymous (imported) votes have annotator_id NULL.
         UniqueConstraint("pair_id", "annotator_id"),
@@ -194,6 +210,8 @@ class Vote(Base):
     time_spent_ms: Mapped[int | None] = mapped_column(Integer)
     client_submission_id: Mapped[str] = mapped_column(String(128), unique=True)
     origin: Mapped[str] = mapped_column(String(64), default="annotate")  # annotate | demo | editreward …
+    provenance: Mapped[str] = mapped_column(String(16), default="human", server_default="human", index=True)
+    source: Mapped[str | None] = mapped_column(String(SOURCE_MAX_CHARS))  # the imported file or folder
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
@@ -222,6 +240,8 @@ class TrainingRun(Base):
     snapshot_path: Mapped[str | None] = mapped_column(String(1024))
     snapshot_fingerprint: Mapped[str | None] = mapped_column(String(128))
     vote_watermark: Mapped[int | None] = mapped_column(Integer)  # highest vote id in the snapshot
+    # The votes the snapshot read: {"provenances": [...], "excluded_annotators": [...]} (storage.provenance).
+    vote_selection: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     worker_id: Mapped[str | None] = mapped_column(String(128))
     heartbeat_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -254,4 +274,27 @@ class Score(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     candidate_id: Mapped[int] = mapped_column(ForeignKey("candidates.id"), index=True)
     score: Mapped[float] = mapped_column(Float)
+    log_sigma: Mapped[float | None] = mapped_column(Float)  # the uncertainty head's log σ, when the model has one
+    dimensions: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # per-dimension scores, when it has them
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AnnotatorFlag(Base):
+    """The latest quality-control verdict on one annotator, and a researcher's clearance of it.
+
+    Written by the quality check (`python -m storage agreement --write-flags`, and the worker after each run), never
+    in a request. `flagged` is the statistics' verdict; a clearance (`cleared_at`, `cleared_reason`) lets the
+    annotator's votes train again until a later check finds a reason that was not there when it was cleared.
+    """
+
+    __tablename__ = "annotator_flags"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("users.id"), unique=True)
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False)
+    reasons: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # {"codes": [...], "text": [...]}
+    checked_at: Mapped[datetime] = mapped_column(default=utcnow)
+    cleared_at: Mapped[datetime | None] = mapped_column()
+    cleared_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    cleared_reason: Mapped[str | None] = mapped_column(Text)
+    cleared_codes: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the reason codes the clearance covers

@@ -28,9 +28,10 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from storage.annotation_queue import _set_status
+from storage.caps import check_daily_cap
 from storage.errors import InvalidInput, NotFound
 from storage.models import Assignment, Candidate, Image, Pair, Task, Vote
-from storage.annotation_queue import _set_status
 from storage.settings import Settings
 from storage.validation import (
     CATEGORY_MAX_CHARS,
@@ -43,7 +44,9 @@ from storage.validation import (
     _id,
     _name,
     _optional_text,
+    _provenance,
     _require_active_user,
+    _source,
     _text,
     _time_spent,
     json_object,
@@ -114,6 +117,8 @@ def create_task(
     category: str | None = None,
     origin: str = "manual",
     external_id: str | None = None,
+    provenance: str = "human",
+    source: str | None = None,
     settings: Settings,
 ) -> Task:
     """Insert a task (source image + edit instruction)."""
@@ -128,6 +133,8 @@ def create_task(
         source_image_id=source_image_id,
         instruction=instruction,
         origin=origin,
+        provenance=_provenance(provenance),
+        source=_source(source),
         category=category.strip() if category else None,
         external_id=external_id,
     )
@@ -186,6 +193,8 @@ def record_vote(
     dimension_scores: dict[str, float] | None = None,
     time_spent_ms: int | None = None,
     origin: str = "annotate",
+    provenance: str = "human",
+    source: str | None = None,
     settings: Settings,
 ) -> VoteResult:
     """Store one vote; a repeated `client_submission_id` is a no-op that returns the first vote."""
@@ -205,10 +214,12 @@ def record_vote(
         "dimension_scores": _dimension_scores(dimension_scores),
         "time_spent_ms": _time_spent(time_spent_ms),
         "origin": _name(origin, field="origin", max_chars=ORIGIN_MAX_CHARS, example="annotate"),
+        "provenance": _provenance(provenance),
+        "source": _source(source),
     }
     if left_candidate_id == right_candidate_id:
         raise InvalidInput(f"left and right are the same candidate ({left_candidate_id}); show two different ones.")
-    values["pair_id"] = _vote_pair(session, values)
+    values["pair_id"] = _vote_pair(session, values, settings)
     # No SELECT-then-INSERT race: the unique keys decide, and a conflict waits for the other transaction. A resent
     # submission is looked up only when its insert conflicts (a new vote, the usual case, costs no lookup).
     vote = session.scalar(_vote_insert_statement(session.get_bind().dialect.name), values)
@@ -233,7 +244,7 @@ def _first_submission(session: Session, values: dict[str, Any]) -> Vote | None:
     return vote
 
 
-def _vote_pair(session: Session, values: dict[str, Any]) -> int:
+def _vote_pair(session: Session, values: dict[str, Any], settings: Settings) -> int:
     """Check the task, candidates and annotator; return the pair id (inserted if it was missing)."""
     task_id, ids = values["task_id"], (values["left_candidate_id"], values["right_candidate_id"])
     low, high = sorted(ids)
@@ -241,7 +252,7 @@ def _vote_pair(session: Session, values: dict[str, Any]) -> int:
         select(Pair.id, Pair.task_id).where(Pair.candidate_a_id == low, Pair.candidate_b_id == high)
     ).one_or_none()
     if pair is not None and pair.task_id == task_id:  # pairs are only made of two candidates of their task
-        _require_voter(session, values)
+        _require_voter(session, values, settings)
         return pair.id
     owner = dict(session.execute(select(Candidate.id, Candidate.task_id).where(Candidate.id.in_(ids))).all())
     for side, candidate_id in zip(("left", "right"), ids, strict=True):
@@ -253,13 +264,16 @@ def _vote_pair(session: Session, values: dict[str, Any]) -> int:
                 f"{side} candidate {candidate_id} belongs to task {owner[candidate_id]}, not task "
                 f"{task_id}; send candidates of the task that was shown."
             )
-    _require_voter(session, values)
+    _require_voter(session, values, settings)
     return _ensure_pair(session, task_id=task_id, first=low, second=high)
 
 
-def _require_voter(session: Session, values: dict[str, Any]) -> None:
+def _require_voter(session: Session, values: dict[str, Any], settings: Settings) -> None:
     if values["annotator_id"] is not None:
-        _require_active_user(session, values["annotator_id"])
+        user = _require_active_user(session, values["annotator_id"])
+        if values["provenance"] == "human":  # imported and simulated votes were cast elsewhere, on other days
+            check_daily_cap(session, user=user, settings=settings,
+                            resent=lambda: _first_submission(session, values) is not None)
 
 
 def _refuse_second_vote(session: Session, values: dict[str, Any]) -> None:

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 SCORER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+SEED_DEMO_MODES = ("auto", "yes", "no")
+SAMPLING_MODES = ("coverage", "active")
+VOTE_PROVENANCES = ("human", "demo", "import")  # storage.models.PROVENANCES (this module imports nothing of ours)
 REWARD_TOKEN_MIN_CHARS = 16
 
 
@@ -66,6 +69,22 @@ class Settings:
                                      "within minutes (0: the training defaults).", default=150)
     demo_tasks: int = _help("Demo tasks the app seeds into an empty store on its first start (0: none).",
                             default=200)
+    seed_demo: str = _help("Seed the demo dataset into an empty store: auto (only in local mode: no log-in and a "
+                           "SQLite file), yes, or no.", default="auto")
+    train_provenances: str = _help("Comma-separated vote provenances that train, rank the leaderboard and count "
+                                   "for agreement (human, import, demo); empty: human + import, plus demo only in "
+                                   "a store whose votes are all demo.", default="")
+    exclude_flagged: bool = _help("Leave out the votes of annotators the quality check flagged (until a researcher "
+                                  "clears the flag).", default=True)
+    daily_vote_cap: int = _help("Most votes one annotator may cast per UTC day (0: no cap); a user's own cap "
+                                "(`storage users cap`) wins.", default=0)
+    sampling: str = _help("Next-pair order: coverage (fewest votes first, uncertainty breaks ties) or active "
+                          "(the priority mix alone).", default="coverage")
+    sampling_coverage_weight: float = _help("Weight of coverage (few votes) in the pair priority.", default=1.0)
+    sampling_uncertainty_weight: float = _help("Weight of the active scorer's uncertainty in the pair priority.",
+                                               default=1.0)
+    sampling_disagreement_weight: float = _help("Weight of disagreement among earlier votes in the pair priority.",
+                                                default=0.5)
     reward_host: str = _help("Interface the reward server (`python -m app.rewards`) binds to; an address other "
                              "than loopback needs JRM_REWARD_TOKEN.", default="127.0.0.1")
     reward_port: int = _help("TCP port of the reward server.", default=8008)
@@ -114,6 +133,22 @@ class Settings:
             raise SettingsError("JRM_FIRST_RUN_MAX_STEPS must be >= 0 (0: the training defaults).")
         if self.demo_tasks < 0:
             raise SettingsError("JRM_DEMO_TASKS must be >= 0 (0: do not seed demo data).")
+        if self.seed_demo not in SEED_DEMO_MODES:
+            raise SettingsError(f"JRM_SEED_DEMO={self.seed_demo!r} is not one of {', '.join(SEED_DEMO_MODES)}.")
+        self._check_votes()
+
+    def _check_votes(self) -> None:
+        unknown = set(self.train_provenance_list) - set(VOTE_PROVENANCES)
+        if unknown:
+            raise SettingsError(f"JRM_TRAIN_PROVENANCES names {', '.join(sorted(unknown))}; use a comma-separated "
+                                f"list of {', '.join(VOTE_PROVENANCES)} (empty: the default).")
+        if self.daily_vote_cap < 0:
+            raise SettingsError("JRM_DAILY_VOTE_CAP must be >= 0 (0: no cap).")
+        if self.sampling not in SAMPLING_MODES:
+            raise SettingsError(f"JRM_SAMPLING={self.sampling!r} is not one of {', '.join(SAMPLING_MODES)}.")
+        weights = (self.sampling_coverage_weight, self.sampling_uncertainty_weight, self.sampling_disagreement_weight)
+        if not all(w >= 0 for w in weights) or not any(w > 0 for w in weights):
+            raise SettingsError("The JRM_SAMPLING_*_WEIGHT values must be >= 0 and not all 0.")
 
     def _check_rewards(self) -> None:
         if not self.reward_host.strip():
@@ -150,6 +185,11 @@ class Settings:
     def resolved_database_url(self) -> str:
         """The URL to connect to: `database_url`, or SQLite inside `data_dir`."""
         return self.database_url or f"sqlite:///{(self.data_dir / 'jrm.db').as_posix()}"
+
+    @property
+    def train_provenance_list(self) -> tuple[str, ...]:
+        """`train_provenances` as a tuple; empty means the default rule (`storage.provenance`)."""
+        return tuple(sorted({p.strip() for p in self.train_provenances.split(",") if p.strip()}))
 
     @property
     def blob_dir(self) -> Path:

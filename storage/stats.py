@@ -10,6 +10,7 @@ from sqlalchemy import distinct, func, literal_column, select
 from sqlalchemy.orm import Session, aliased
 
 from storage.models import CHOICES, Candidate, Pair, Task, Vote
+from storage.provenance import ALL_VOTES, VoteSelection
 from storage.settings import Settings
 
 
@@ -42,6 +43,7 @@ class TrainingVote:
     choice: str
     rationale: str | None
     annotator_id: int | None
+    dimension_scores: dict[str, float] | None
 
 
 # ------------------------------------------------------------------------------------ statistics and export
@@ -77,8 +79,10 @@ def _utc_day(session: Session, column: Any) -> Any:
     return func.date(column)  # SQLite stores the UTC wall time as text
 
 
-def training_votes(session: Session, *, after_vote_id: int = 0, limit: int | None = None) -> list[TrainingVote]:
-    """Votes with everything the trainer needs, ordered by id, after a watermark (for snapshots)."""
+def training_votes(
+    session: Session, *, after_vote_id: int = 0, limit: int | None = None, selection: VoteSelection = ALL_VOTES
+) -> list[TrainingVote]:
+    """The selected votes with everything the trainer needs, ordered by id, after a watermark (for snapshots)."""
     left, right = aliased(Candidate), aliased(Candidate)
     stmt = (
         select(
@@ -95,11 +99,12 @@ def training_votes(session: Session, *, after_vote_id: int = 0, limit: int | Non
             Vote.choice,
             Vote.rationale,
             Vote.annotator_id,
+            Vote.dimension_scores,
         )
         .join(Task, Task.id == Vote.task_id)
         .join(left, left.id == Vote.left_candidate_id)
         .join(right, right.id == Vote.right_candidate_id)
-        .where(Vote.id > after_vote_id)
+        .where(Vote.id > after_vote_id, *selection.where())
         .order_by(Vote.id)
         .limit(limit)
     )

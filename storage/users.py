@@ -140,3 +140,16 @@ def deactivate(session: Session, *, name: str) -> User:
 def list_users(session: Session) -> list[User]:
     """All users, by name."""
     return list(session.scalars(select(User).order_by(User.name)))
+
+
+MAX_DAILY_VOTE_CAP = 100_000
+
+
+def set_daily_cap(session: Session, *, name: str, cap: int) -> User:
+    """Cap the votes `name` may cast per UTC day; 0 removes their own cap (the store's JRM_DAILY_VOTE_CAP applies)."""
+    if isinstance(cap, bool) or not isinstance(cap, int) or not 0 <= cap <= MAX_DAILY_VOTE_CAP:
+        raise InvalidInput(f"the daily vote cap must be a whole number from 0 to {MAX_DAILY_VOTE_CAP}, got {cap!r}.")
+    user = _require_user(session, name)
+    user.daily_vote_cap = cap or None
+    session.flush()
+    return user

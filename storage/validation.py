@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from storage.errors import InvalidInput, NotFound
-from storage.models import CHOICES, User
+from storage.models import CHOICES, PROVENANCES, SOURCE_MAX_CHARS, User
 
 NAME_MAX_CHARS = 128  # candidates.generator
 CATEGORY_MAX_CHARS = 64
@@ -134,3 +134,13 @@ def _require_active_user(session: Session, user_id: int) -> User:
     if not user.active:
         raise InvalidInput(f"user {user.name!r} is deactivated; an admin must reactivate them before they vote.")
     return user
+
+
+def _provenance(value: object) -> str:
+    if value not in PROVENANCES:
+        raise InvalidInput(f"provenance must be one of {', '.join(PROVENANCES)}; got {value!r:.40}.")
+    return value  # type: ignore[return-value]
+
+
+def _source(value: object) -> str | None:
+    return _optional_text(value, field="source", max_chars=SOURCE_MAX_CHARS, example="/data/editreward/train.json")

@@ -40,6 +40,7 @@ from storage.errors import InvalidInput
 from storage.images import image_path
 from storage.models import Candidate, Image
 from storage.stats import training_votes
+from storage.provenance import ALL_VOTES, VoteSelection
 from storage.settings import Settings
 from trainer.prompting import Batch, PromptExample, build_example, collate
 
@@ -119,10 +120,15 @@ def _extras_by_id(session: Session, ids: Iterable[int]) -> dict[int, Any]:
 
 
 def vote_rows(
-    session: Session, *, settings: Settings, heldout_fraction: float = HELDOUT_FRACTION, limit: int | None = None
+    session: Session,
+    *,
+    settings: Settings,
+    heldout_fraction: float = HELDOUT_FRACTION,
+    limit: int | None = None,
+    selection: VoteSelection = ALL_VOTES,
 ) -> list[dict[str, Any]]:
-    """Every vote as a snapshot row (ordered by vote id), with its task's split."""
-    votes = training_votes(session, limit=limit)
+    """The selected votes as snapshot rows (ordered by vote id), with their tasks' split."""
+    votes = training_votes(session, limit=limit, selection=selection)
     images = _images_by_id(session, (i for v in votes for i in (v.source_image_id, v.left_image_id, v.right_image_id)))
     extras = _extras_by_id(session, (i for v in votes for i in (v.left_candidate_id, v.right_candidate_id)))
     rows = []

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage.db import engine_of, session_factory, transaction
 from storage.errors import InvalidInput, NotFound
 from storage.models import RUN_TRIGGERS, ModelVersion, TrainingRun, User, utcnow
+from storage.provenance import VoteSelection, vote_selection
 from storage.settings import Settings
 from trainer.data import (
     HELDOUT,
@@ -144,7 +145,9 @@ def run_folder(settings: Settings, run_id: int) -> Path:
     return settings.runs_dir / str(run_id)
 
 
-def _snapshot(factory: sessionmaker[Session], run_id: int, settings: Settings) -> Snapshot:
+def _snapshot(
+    factory: sessionmaker[Session], run_id: int, settings: Settings, params: RunParams | None = None
+) -> Snapshot:
     """The run's saved snapshot when it has one (a re-run trains on the same votes), else a new one.
 
     A new one is read in a read-only session and written to a staging folder with no transaction open (on SQLite,
@@ -159,7 +162,8 @@ def _snapshot(factory: sessionmaker[Session], run_id: int, settings: Settings) -
         if leftover.exists():  # a crash before the row was updated: a folder the row does not point at is not trusted
             shutil.rmtree(leftover)
     with session_factory(engine_of(factory), read_only=True)() as session:
-        rows = vote_rows(session, settings=settings)
+        selection = _vote_selection(session, settings, params)
+        rows = vote_rows(session, settings=settings, selection=selection)
     staging = folder.with_name(f"{SNAPSHOT_STAGING_PREFIX}{uuid.uuid4().hex}")
     try:
         snapshot = save_snapshot(make_snapshot(rows), staging)
@@ -172,8 +176,15 @@ def _snapshot(factory: sessionmaker[Session], run_id: int, settings: Settings) -
         snapshot_path=str(folder),
         snapshot_fingerprint=snapshot.fingerprint,
         vote_watermark=snapshot.watermark,
+        vote_selection=selection.to_json(),
     )
     return replace(snapshot, path=folder)
+
+
+def _vote_selection(session: Session, settings: Settings, params: RunParams | None) -> VoteSelection:
+    """The run's own provenances and flag rule where its params set them, else the store's."""
+    chosen = vote_selection(session, settings=settings, exclude_flagged=params and params.exclude_flagged)
+    return replace(chosen, provenances=params.provenances) if params and params.provenances else chosen
 
 
 def _check_splits(snapshot: Snapshot) -> None:
@@ -216,7 +227,7 @@ def run_training_job(factory: sessionmaker[Session], *, run_id: int, settings: S
     try:
         params = parse_params(raw_params)
         with RunReporter(factory, run_id) as reporter:
-            snapshot = _snapshot(factory, run_id, settings)
+            snapshot = _snapshot(factory, run_id, settings, params)
             state.wait_for_everyone()  # the other processes read the snapshot once it is saved
             _check_splits(snapshot)
             model = _train_model(params, snapshot, settings, reporter)

@@ -10,12 +10,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from storage.errors import InvalidInput
+from storage.models import PROVENANCES
 from trainer.gate import DEFAULT_TOLERANCE
 from trainer.model import JRMConfig
 from trainer.train import TrainConfig
 
 DEFAULT_PROMOTION_TOLERANCE = DEFAULT_TOLERANCE
-RUN_KEYS = ("promotion_tolerance", "promote", "gate_floor")  # params that belong to the run, not to a config
+RUN_KEYS = ("promotion_tolerance", "promote", "gate_floor", "provenances", "exclude_flagged")  # params that belong to the run, not to a config
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class RunParams:
     promotion_tolerance: float = DEFAULT_PROMOTION_TOLERANCE
     promote: bool = True
     gate_floor: bool = True  # false: the gate skips its size and floor checks (tests, a researcher's own call)
+    provenances: tuple[str, ...] = ()  # the votes to train on; empty: the store's setting (storage.provenance)
+    exclude_flagged: bool | None = None  # None: the store's JRM_EXCLUDE_FLAGGED
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting, defaults included (what the run row records)."""
@@ -36,6 +39,8 @@ class RunParams:
             "promotion_tolerance": self.promotion_tolerance,
             "promote": self.promote,
             "gate_floor": self.gate_floor,
+            "provenances": list(self.provenances),
+            "exclude_flagged": self.exclude_flagged,
         }
 
 
@@ -60,6 +65,7 @@ def parse_params(params: Any) -> RunParams:
         raise InvalidInput(
             f"gate_floor must be true or false (false skips the gate's floor check), got {gate_floor!r}."
         )
+    provenances, exclude_flagged = _vote_params(params)
     try:
         _check_types(JRMConfig, params)
         _check_types(TrainConfig, params)
@@ -68,8 +74,20 @@ def parse_params(params: Any) -> RunParams:
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"Invalid training parameters: {exc}") from None
     return RunParams(
-        jrm=jrm, train=config, promotion_tolerance=float(tolerance), promote=promote, gate_floor=gate_floor
+        jrm=jrm, train=config, promotion_tolerance=float(tolerance), promote=promote, gate_floor=gate_floor,
+        provenances=provenances, exclude_flagged=exclude_flagged,
     )
+
+
+def _vote_params(params: dict[str, Any]) -> tuple[tuple[str, ...], bool | None]:
+    """`provenances` (a list of human / demo / import) and `exclude_flagged` (true, false or null)."""
+    provenances = params.get("provenances") or []
+    if not isinstance(provenances, list | tuple) or not set(provenances) <= set(PROVENANCES):
+        raise InvalidInput(f"provenances must be a list of {', '.join(PROVENANCES)}; got {provenances!r}.")
+    exclude = params.get("exclude_flagged")
+    if exclude is not None and not isinstance(exclude, bool):
+        raise InvalidInput(f"exclude_flagged must be true, false or null (the store's setting); got {exclude!r}.")
+    return tuple(sorted(set(provenances))), exclude
 
 
 def _check_types(cls: type, params: dict[str, Any]) -> None:

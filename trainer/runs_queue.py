@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from storage.demo import DEMO_ORIGIN
 from storage.errors import InvalidInput, NotFound
 from storage.models import Image, Task, TrainingRun, Vote, utcnow
+from storage.provenance import ALL_VOTES, VoteSelection
 
 ACTIVE_STATUSES = ("queued", "running")
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
@@ -60,15 +61,15 @@ def last_vote_watermark(session: Session) -> int:
     return session.scalar(query) or 0
 
 
-def new_training_votes(session: Session, *, after_vote_id: int) -> int:
-    """Votes with id > `after_vote_id` on tasks of the train split (held-out tasks' votes are not counted)."""
+def new_training_votes(session: Session, *, after_vote_id: int, selection: VoteSelection = ALL_VOTES) -> int:
+    """Selected votes with id > `after_vote_id` on tasks of the train split (held-out tasks' votes do not count)."""
     from trainer.data import TRAIN, split_of, task_key  # lazy: the data module pulls in datasets and torch
 
     query = (
         select(Image.sha256, Task.instruction, func.count(Vote.id))
         .join(Task, Task.id == Vote.task_id)
         .join(Image, Image.id == Task.source_image_id)
-        .where(Vote.id > after_vote_id)
+        .where(Vote.id > after_vote_id, *selection.where())
         .group_by(Task.id, Image.sha256, Task.instruction)
     )
     return sum(n for sha, instruction, n in session.execute(query) if split_of(task_key(sha, instruction)) == TRAIN)
@@ -206,13 +207,15 @@ def enqueue_if_idle(session: Session, *, trigger: str) -> TrainingRun | None:
     return _queue_default_run(session, trigger=trigger) if pending_run(session) is None else None
 
 
-def enqueue_if_threshold(session: Session, *, min_votes: int) -> TrainingRun | None:
-    """Queue a "threshold" run when >= `min_votes` new training votes arrived since the last succeeded run."""
+def enqueue_if_threshold(
+    session: Session, *, min_votes: int, selection: VoteSelection = ALL_VOTES
+) -> TrainingRun | None:
+    """Queue a "threshold" run when >= `min_votes` new selected training votes arrived since the last succeeded run."""
     _load_split()
     _lock_queue(session)
     if pending_run(session) is not None:
         return None
-    if new_training_votes(session, after_vote_id=last_vote_watermark(session)) < min_votes:
+    if new_training_votes(session, after_vote_id=last_vote_watermark(session), selection=selection) < min_votes:
         return None
     return _queue_default_run(session, trigger="threshold")
 

@@ -181,8 +181,8 @@ def submit_vote(
     `pair_token` is the submission id of the pair on the voter's screen when they voted. The session's `shown`
     moves on as soon as a vote is stored, so a second click, a second vote key or a resent request can reach the
     server after it did: its token then names the earlier pair, and it is answered "already saved" instead of
-    being stored as a vote on a pair the voter never judged. Without a token (older API clients) the vote is for
-    the pair the session shows now. Two requests for the same shown pair at once (a double click) are stored by
+    being stored as a vote on a pair the voter never judged. The token is required: a client that retries without
+    one could otherwise store its retry as a vote on the pair shown since, which the voter never saw. Two requests for the same shown pair at once (a double click) are stored by
     the first; the second waits for it and answers with its outcome, "already saved" (`Deps.votes_in_flight`).
     """
     if pair_token is not None and not isinstance(pair_token, str):
@@ -191,6 +191,11 @@ def submit_vote(
         return _answer_earlier_vote(deps, pair_token, request)
     if shown is None:
         raise error("No pair is shown: press “Next pair” to load one.")
+    if not pair_token:
+        raise error(
+            "pair_token is required: send the pair_token that next_pair returned with the pair you voted on, so a "
+            "retried request can never become a vote on a pair you did not see. Nothing was stored."
+        )
     code = parse_choice(choice)
     note = check_rationale(rationale, deps.settings)
     scores = dimension_scores(rate_dimensions, instruction_following, quality, preservation)

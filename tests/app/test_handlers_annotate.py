@@ -145,12 +145,14 @@ def test_a_vote_for_a_pair_that_was_skipped_is_refused_and_nothing_is_stored(dep
     assert _votes(deps, client_submission_id=after_skip.token) == []
 
 
-def test_without_a_token_the_vote_is_for_the_pair_shown_now(deps):
+@pytest.mark.parametrize("missing", [None, ""])
+def test_a_vote_without_a_token_is_refused_and_stores_nothing(deps, missing):
     view = load_pair(deps, as_user("ann"))
-    outcome = submit_vote(deps, view.shown, "right", "", *NO_DIMENSIONS, None, as_user("ann"))
-    assert outcome.status == "Vote saved."
-    (vote,) = _votes(deps, client_submission_id=view.shown.submission_id)
-    assert vote.right_candidate_id == view.shown.right_candidate_id
+    with pytest.raises(gr.Error, match="pair_token is required"):
+        submit_vote(deps, view.shown, "right", "", *NO_DIMENSIONS, missing, as_user("ann"))
+    assert _votes(deps, client_submission_id=view.shown.submission_id) == []
+    outcome = submit_vote(deps, view.shown, "right", "", *NO_DIMENSIONS, view.token, as_user("ann"))
+    assert outcome.status == "Vote saved."  # the same pair with its token is stored
 
 
 def test_each_annotate_call_reads_the_caller_once(deps):

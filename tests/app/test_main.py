@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from app.__main__ import check_exposure, has_login, main, prepare_store, start_scoring
+from app.__main__ import check_exposure, has_login, main, prepare_store, should_seed_demo, start_scoring
 from app.network import is_loopback
 from storage.db import transaction
 from storage.settings import load_settings
@@ -45,6 +45,34 @@ def test_first_start_seeds_the_demo_once_and_auth_needs_a_user_who_can_log_in(tm
     with transaction(factory) as session:
         create_user(session, name="alice", role="admin", password="pw")
     assert has_login(factory)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "seeds"),
+    [
+        ({}, True),  # local mode: no log-in, a SQLite file
+        ({"auth": True}, False),  # a store with log-in is a team's
+        ({"database_url": "postgresql+psycopg://u@db/jrm"}, False),  # so is PostgreSQL
+        ({"database_url": "postgresql+psycopg://u@db/jrm", "seed_demo": "yes"}, True),  # unless asked
+        ({"seed_demo": "no"}, False),
+    ],
+)
+def test_the_demo_is_seeded_only_in_local_mode_or_when_asked(tmp_path, overrides, seeds):
+    assert should_seed_demo(load_settings(environ={}, data_dir=tmp_path, **overrides)) is seeds
+
+
+def test_a_store_with_log_in_starts_empty(tmp_path):
+    factory = prepare_store(load_settings(environ={}, data_dir=tmp_path, demo_tasks=2, auth=True))
+    with factory() as session:
+        assert dataset_stats(session).tasks == 0
+
+
+def test_a_bad_seed_demo_value_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("JRM_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("JRM_SEED_DEMO", "sometimes")
+    assert main([]) == 2
+    assert "JRM_SEED_DEMO='sometimes' is not one of auto, yes, no" in capsys.readouterr().err
+    assert not (tmp_path / "jrm.db").exists()
 
 
 def test_the_scorer_of_python_m_app_settles_the_heap_after_each_model_swap(app_store, monkeypatch):

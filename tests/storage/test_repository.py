@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import random
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -18,68 +17,6 @@ from storage.images import image_path
 from storage.models import Assignment, Candidate, Image, Pair, Task, User, Vote, utcnow
 
 TABLES = (Image, User, Task, Candidate, Pair, Vote, Assignment)
-
-
-# ------------------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def make_image(session):
-    """Insert an `images` row directly (the blob store is tested elsewhere)."""
-
-    def make() -> Image:
-        image = Image(sha256=uuid.uuid4().hex * 2, width=64, height=48, format="png", byte_size=1234)
-        session.add(image)
-        session.flush()
-        return image
-
-    return make
-
-
-@pytest.fixture
-def make_user(session):
-    counter = itertools.count()
-
-    def make(active: bool = True) -> User:
-        user = User(name=f"annotator-{next(counter)}-{uuid.uuid4().hex[:6]}", role="annotator", active=active)
-        session.add(user)
-        session.flush()
-        return user
-
-    return make
-
-
-@pytest.fixture
-def make_task(session, settings, make_image):
-    """A task with `n` candidates (and so n·(n-1)/2 pairs)."""
-
-    def make(n: int = 3, instruction: str = "make the sky purple") -> tuple[Task, list[Candidate]]:
-        task = repo.create_task(session, source_image_id=make_image().id, instruction=instruction, settings=settings)
-        candidates = [
-            repo.add_candidate(session, task_id=task.id, image_id=make_image().id, generator=f"model-{i}")
-            for i in range(n)
-        ]
-        return task, candidates
-
-    return make
-
-
-@pytest.fixture
-def vote(session, settings):
-    """record_vote with sensible defaults; keyword overrides replace them."""
-
-    def cast(task: Task, left: Candidate, right: Candidate, **overrides) -> repo.VoteResult:
-        kwargs = dict(
-            task_id=task.id,
-            left_candidate_id=left.id,
-            right_candidate_id=right.id,
-            choice="left",
-            client_submission_id=uuid.uuid4().hex,
-            settings=settings,
-        )
-        return repo.record_vote(session, **(kwargs | overrides))
-
-    return cast
 
 
 def snapshot(session) -> dict:
@@ -513,6 +450,7 @@ def test_training_votes_in_id_order_after_a_watermark(session, make_task, make_u
         choice="right",
         rationale="A is sharper",
         annotator_id=None,
+        dimension_scores=None,
     )
     assert [r.vote_id for r in stats.training_votes(session, after_vote_id=first.id)] == [second.id]
     assert stats.training_votes(session, after_vote_id=second.id) == []

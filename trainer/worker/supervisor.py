@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import make_engine, session_factory, transaction, upgrade
 from storage.models import TrainingRun, utcnow
+from storage.provenance import vote_selection
 from storage.settings import Settings
 from trainer import runs_queue
 from trainer.worker.process import (
@@ -82,8 +83,13 @@ class Worker:
 
     def check_threshold(self) -> None:
         """Queue a "threshold" run when enough new training votes arrived."""
-        min_votes = self.settings.retrain_min_votes
-        self._enqueue("threshold", lambda session: runs_queue.enqueue_if_threshold(session, min_votes=min_votes))
+        min_votes, settings = self.settings.retrain_min_votes, self.settings
+
+        def enqueue(session: Session) -> TrainingRun | None:
+            selection = vote_selection(session, settings=settings)
+            return runs_queue.enqueue_if_threshold(session, min_votes=min_votes, selection=selection)
+
+        self._enqueue("threshold", enqueue)
 
     def check_schedule(self) -> None:
         """Queue a "schedule" run (unless one is already queued or running)."""
