@@ -2,8 +2,9 @@
 
 On start the schema is upgraded and, in local mode (no log-in, a SQLite file) or with --demo-data, an
 empty store gets the demo dataset; the worker then trains the first model version on it, and the scorer serves it
-as soon as it is promoted. A team's store (PostgreSQL, or --auth) is never seeded unless asked to. The app binds 127.0.0.1 by default; any other
-address needs authentication (`--auth` or JRM_AUTH=1), with users from `python -m storage users add`.
+as soon as it is promoted. A team's store (PostgreSQL, or --auth) is never seeded unless asked to. The app binds
+127.0.0.1 by default; any other address needs authentication (`--auth` or JRM_AUTH=1), with users from
+`python -m storage users add`.
 """
 
 from __future__ import annotations

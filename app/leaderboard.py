@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, aliased
 
 from storage.errors import InvalidInput
 from storage.models import Candidate, Score, Vote
+from storage.provenance import ALL_VOTES, VoteSelection
 from trainer.registry import get_version
 
 PRIOR = 0.1  # λ: a N(0, 10) prior on log-strengths, negligible once a generator has a few dozen votes
@@ -138,13 +139,19 @@ def intervals(samples: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np
 
 
 def leaderboard(
-    session: Session, *, version_id: int | None, n_bootstrap: int = 200, seed: int = 0
+    session: Session,
+    *,
+    version_id: int | None,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+    selection: VoteSelection = ALL_VOTES,
 ) -> list[LeaderboardRow]:
-    """Every generator, strongest first (no votes last), with vote counts and mean scores under `version_id`."""
+    """Every generator, strongest first (no votes last), with counts of the selected votes and mean scores under
+    `version_id`."""
     _check_arguments(version_id, n_bootstrap, seed)
     if version_id is not None:
         get_version(session, version_id=version_id)  # NotFound for an unknown version
-    table = VoteTable.from_votes(_vote_rows(session))
+    table = VoteTable.from_votes(_vote_rows(session, selection))
     strengths, low, high = _fit(table, n_bootstrap=n_bootstrap, seed=seed)
     counts = _counts(table)
     scores = _mean_scores(session, version_id)
@@ -206,12 +213,13 @@ def _counts(table: VoteTable) -> list[tuple[int, int, int]]:
     return [(int(w), int(lo), int(t)) for w, lo, t in zip(wins, losses, ties, strict=True)]
 
 
-def _vote_rows(session: Session) -> list[tuple[int, str, str, str]]:
+def _vote_rows(session: Session, selection: VoteSelection) -> list[tuple[int, str, str, str]]:
     left, right = aliased(Candidate), aliased(Candidate)
     query = (
         select(Vote.task_id, left.generator, right.generator, Vote.choice)
         .join(left, left.id == Vote.left_candidate_id)
         .join(right, right.id == Vote.right_candidate_id)
+        .where(*selection.where())
     )
     return [tuple(row) for row in session.execute(query)]
 

@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 
 from app.deps import Deps
-from app.handlers import admin, annotate, leaderboard, research, score, session
+from app.handlers import admin, annotate, leaderboard, quality, research, score, session
 from storage.models import ROLES
 
 HEAVY = "heavy"  # concurrency group of CPU-bound events (scoring uploads, exports, bootstraps)
@@ -210,7 +210,8 @@ def _leaderboard_tab(deps: Deps, tab: gr.Tab) -> None:
 def _research_tab(deps: Deps, tab: gr.Tab) -> gr.Timer:
     with gr.Row():
         stats = gr.HTML(elem_id="stats")
-        per_day = gr.BarPlot(x="day", y="votes", title="Votes per day", elem_id="votes-per-day")
+        per_day = gr.BarPlot(x="time", y="votes", color="provenance", title="Votes over time (UTC)",
+                             elem_id="votes-per-day")
     gr.Markdown("### Retrain")
     with gr.Row():
         lm_weight = gr.Number(0.5, label="λ (rationale LM weight; 0 = discriminative baseline)", minimum=0)
@@ -238,6 +239,7 @@ def _research_tab(deps: Deps, tab: gr.Tab) -> gr.Timer:
         roll_back = gr.Button("Roll back", variant="stop", elem_id="rollback")
         refresh_versions = gr.Button("Refresh", size="sm", elem_id="refresh-versions")
     switch_status = gr.HTML()
+    _quality_section(deps, tab)
     gr.Markdown("### Export votes")
     with gr.Row():
         kind = gr.Radio([(label, key) for key, label in research.EXPORT_KINDS.items()], value="parquet",
@@ -261,6 +263,27 @@ def _research_tab(deps: Deps, tab: gr.Tab) -> gr.Timer:
     export.click(bind(research.export_votes, deps), inputs=[kind], outputs=[download], api_name="export_votes",
                  concurrency_id=HEAVY, concurrency_limit=HEAVY_LIMIT)
     return timer
+
+
+def _quality_section(deps: Deps, tab: gr.Tab) -> None:
+    gr.Markdown("### Versions on the same held-out votes")
+    accuracy_caption = gr.HTML(elem_id="accuracy-caption")
+    accuracy = gr.LinePlot(x="version", y="accuracy", title="Held-out accuracy by version", elem_id="accuracy-plot")
+    gr.Markdown("### Annotators: agreement and quality")
+    check = gr.Button("Check annotators", size="sm", elem_id="check-annotators")
+    summary = gr.HTML(elem_id="agreement")
+    annotators = gr.Dataframe(headers=quality.ANNOTATOR_COLUMNS, interactive=False, elem_id="annotators")
+    with gr.Row():
+        flagged = gr.Textbox(label="Flagged annotator", elem_id="flag-name")
+        why = gr.Textbox(label="Why the flag is cleared", placeholder="checked 20 of their votes by hand")
+        clear = gr.Button("Clear flag", elem_id="clear-flag")
+    clear_status = gr.HTML()
+    gr.on([tab.select], bind(quality.accuracy_view, deps), outputs=[accuracy, accuracy_caption],
+          api_name="version_accuracy")
+    check.click(bind(quality.quality_view, deps), outputs=[summary, annotators], api_name="annotator_quality",
+                concurrency_id=HEAVY, concurrency_limit=HEAVY_LIMIT)
+    clear.click(bind(quality.clear_annotator_flag, deps), inputs=[flagged, why], outputs=[clear_status],
+                api_name="clear_flag")
 
 
 def _admin_tab(deps: Deps, tab: gr.Tab) -> None:

@@ -137,7 +137,7 @@ def cmd_agreement(args: argparse.Namespace, session: Session, settings: Settings
     _out(f"Krippendorff's alpha (nominal, {', '.join(chosen.provenances)} votes): {_num(report.krippendorff_alpha)}")
     _print_table(("annotator", "votes", "left rate", "p", "median s", "model agr.", "flagged", "reasons"),
                  [(a.name, a.votes, _num(a.left_rate), _num(a.left_rate_p), _num(a.median_seconds),
-                   _num(a.model_agreement.rate if a.model_agreement else None), "yes" if a.flagged else "",
+                   _num(a.model_agreement), "yes" if a.flagged else "",
                    "; ".join(a.reasons)) for a in report.annotators])
     if versions:
         _out()

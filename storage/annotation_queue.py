@@ -168,7 +168,7 @@ def _reserve_pair(
 ) -> Assignment | None:
     k = settings.overlap_target
     for _ in range(_RESERVE_ATTEMPTS):
-        ranked = _ranked(session, _pair_window(session, annotator_id, k), priority)
+        ranked = _ranked(session, _pair_window(session, annotator_id, k, settings.sampling), priority)
         if not ranked:
             return None
         for pair_id in ranked:
@@ -192,15 +192,23 @@ def _reserve_pair(
     return None  # every pair read was taken by concurrent annotators each time; the caller may ask again
 
 
-def _pair_window(session: Session, annotator_id: int, k: int) -> list[PairCandidate]:
-    """Up to NEXT_PAIR_WINDOW open pairs this annotator has not voted on, holds, or skipped (index order)."""
-    rows = session.execute(_pair_window_statement(), {"annotator_id": annotator_id, "k": k}).all()
+def _pair_window(session: Session, annotator_id: int, k: int, sampling: str = "coverage") -> list[PairCandidate]:
+    """Up to NEXT_PAIR_WINDOW open pairs this annotator has not voted on, holds, or skipped, in the sampling's
+    order: "coverage" (fewest filled first, then priority) or "active" (priority alone, below the target)."""
+    rows = session.execute(_pair_window_statement(sampling), {"annotator_id": annotator_id, "k": k}).all()
     return [PairCandidate(*row) for row in rows]
+
+
+# Each order has an index that serves it (ix_pairs_next, ix_pairs_priority), so the query stops after a few rows.
+_WINDOW_ORDER = {
+    "coverage": (Pair.filled, Pair.priority.desc(), Pair.id),
+    "active": (Pair.priority.desc(), Pair.id),
+}
 
 
 # The next-pair statements are built once: constructing them costs several times more than running them.
 @cache
-def _pair_window_statement() -> Select:
+def _pair_window_statement(sampling: str) -> Select:
     annotator_id = bindparam("annotator_id")
     voted = select(Vote.id).where(Vote.pair_id == Pair.id, Vote.annotator_id == annotator_id)
     held_or_skipped = select(Assignment.id).where(
@@ -211,7 +219,7 @@ def _pair_window_statement() -> Select:
     return (
         select(Pair.id, Pair.task_id, Pair.candidate_a_id, Pair.candidate_b_id, Pair.filled, Pair.priority)
         .where(Pair.filled < bindparam("k"), ~voted.exists(), ~held_or_skipped.exists())
-        .order_by(Pair.filled, Pair.priority.desc(), Pair.id)
+        .order_by(*_WINDOW_ORDER[sampling])
         .limit(NEXT_PAIR_WINDOW)
     )
 

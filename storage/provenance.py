@@ -69,7 +69,9 @@ def default_provenances(session: Session) -> tuple[str, ...]:
 
 def flagged_annotators(session: Session) -> tuple[int, ...]:
     """Annotators whose latest quality check flagged them and whose flag no researcher has cleared."""
-    query = select(AnnotatorFlag.annotator_id).where(AnnotatorFlag.flagged.is_(True), AnnotatorFlag.cleared_at.is_(None))
+    query = select(AnnotatorFlag.annotator_id).where(
+        AnnotatorFlag.flagged.is_(True), AnnotatorFlag.cleared_at.is_(None)
+    )
     return tuple(sorted(session.scalars(query)))
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import distinct, func, literal_column, select
@@ -109,3 +109,35 @@ def training_votes(
         .limit(limit)
     )
     return [TrainingVote(*row) for row in session.execute(stmt)]
+
+
+HOURLY_SPAN = timedelta(days=2)  # votes spanning less than this are counted per hour, so one day of data reads well
+
+
+def votes_over_time(session: Session) -> tuple[str, list[tuple[str, str, int]]]:
+    """("hour" | "day", [(UTC bucket as text, provenance, votes)]) oldest first; hourly when the votes span < 2 days."""
+    first, last = session.execute(select(func.min(Vote.created_at), func.max(Vote.created_at))).one()
+    if first is None:
+        return "day", []
+    hourly = _aware(last) - _aware(first) < HOURLY_SPAN
+    bucket = _utc_hour(session, Vote.created_at) if hourly else _utc_day(session, Vote.created_at)
+    rows = session.execute(
+        select(bucket, Vote.provenance, func.count()).group_by(bucket, Vote.provenance).order_by(bucket)
+    ).all()
+    return ("hour" if hourly else "day"), [(_bucket_text(b, hourly), p, n) for b, p, n in rows]
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+
+
+def _utc_hour(session: Session, column: Any) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        return func.date_trunc(literal_column("'hour'"), func.timezone(literal_column("'UTC'"), column))
+    return func.strftime("%Y-%m-%d %H:00", column)
+
+
+def _bucket_text(bucket: Any, hourly: bool) -> str:
+    if isinstance(bucket, datetime):
+        return bucket.strftime("%Y-%m-%d %H:00" if hourly else "%Y-%m-%d")
+    return bucket.isoformat() if isinstance(bucket, date) else str(bucket)

@@ -16,7 +16,8 @@ from trainer.model import JRMConfig
 from trainer.train import TrainConfig
 
 DEFAULT_PROMOTION_TOLERANCE = DEFAULT_TOLERANCE
-RUN_KEYS = ("promotion_tolerance", "promote", "gate_floor", "provenances", "exclude_flagged")  # params that belong to the run, not to a config
+# Params that belong to the run, not to a config.
+RUN_KEYS = ("promotion_tolerance", "promote", "gate_floor", "provenances", "exclude_flagged")
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ from app.deps import Deps
 from app.handlers import annotate_transaction, user_errors
 from app.render import error, text
 from app.scoring import NoScorerYet
+from storage.annotation_queue import PairToShow, next_pair, skip_assignment
 from storage.errors import InvalidInput
 from storage.models import Vote
-from storage.annotation_queue import PairToShow, next_pair, skip_assignment
 from storage.repository import record_vote
 from storage.settings import Settings
 from storage.validation import TIME_SPENT_MAX_MS
@@ -182,8 +182,9 @@ def submit_vote(
     moves on as soon as a vote is stored, so a second click, a second vote key or a resent request can reach the
     server after it did: its token then names the earlier pair, and it is answered "already saved" instead of
     being stored as a vote on a pair the voter never judged. The token is required: a client that retries without
-    one could otherwise store its retry as a vote on the pair shown since, which the voter never saw. Two requests for the same shown pair at once (a double click) are stored by
-    the first; the second waits for it and answers with its outcome, "already saved" (`Deps.votes_in_flight`).
+    one could otherwise store its retry as a vote on the pair shown since, which the voter never saw. Two requests
+    for the same shown pair at once (a double click) are stored by the first; the second waits for it and answers
+    with its outcome, "already saved" (`Deps.votes_in_flight`).
     """
     if pair_token is not None and not isinstance(pair_token, str):
         raise error(f"pair_token must be the text next_pair returned, got {type(pair_token).__name__}.")

@@ -18,6 +18,7 @@ from app.render import text
 from app.scoring import NoScorerYet
 from storage.errors import InvalidInput
 from storage.models import Candidate
+from storage.provenance import VoteSelection, vote_selection
 from trainer.registry import active_version
 
 N_BOOTSTRAP = 200
@@ -53,6 +54,11 @@ def _score_candidates(deps: Deps) -> None:
         deps.scoring.score_candidates(ids)
 
 
+def _excluded(chosen: VoteSelection) -> str:
+    count = len(chosen.excluded_annotators)
+    return f"; {count} flagged annotator{'s' if count != 1 else ''} left out" if count else ""
+
+
 def _version(deps: Deps, session: Session) -> tuple[int, str] | None:
     """The version whose scores are shown: the one serving, else the active one in the store."""
     serving = deps.scoring.version if deps.scoring is not None else None
@@ -68,12 +74,15 @@ def leaderboard_view(deps: Deps, request: gr.Request) -> LeaderboardView:
     _score_candidates(deps)
     with user_errors(), deps.factory() as session:
         version = _version(deps, session)
-        rows = leaderboard(session, version_id=version[0] if version else None, n_bootstrap=N_BOOTSTRAP)
+        chosen = vote_selection(session, settings=deps.settings)
+        rows = leaderboard(session, version_id=version[0] if version else None, n_bootstrap=N_BOOTSTRAP,
+                           selection=chosen)
     ranked = [_row(rank if row.strength is not None else None, row) for rank, row in enumerate(rows, start=1)]
     table = pd.DataFrame(ranked, columns=COLUMNS)
     scores = f"model version <b>{text(version[1])}</b>" if version else "no model version yet"
     caption = (
-        f"<p>Strength: Bradley–Terry log-strength from {sum(r.n_votes for r in rows) // 2} human votes between "
+        f"<p>Strength: Bradley–Terry log-strength from {sum(r.n_votes for r in rows) // 2} votes "
+        f"({text(', '.join(chosen.provenances))}{_excluded(chosen)}) between "
         f"different models (ties count ½ each way), 95% intervals from {N_BOOTSTRAP} task bootstraps. "
         f"Mean score: {scores}, over the candidates it has scored.</p>"
     )

@@ -27,7 +27,7 @@ from app.render import duration, html_table, progress_bar, text
 from storage.db import transaction
 from storage.exporters import export_editreward, export_hf, export_trl
 from storage.models import ModelVersion, TrainingRun, User
-from storage.stats import dataset_stats
+from storage.stats import dataset_stats, votes_over_time
 from trainer.backbones import preset_names
 from trainer.registry import list_versions, promote_version, rollback
 from trainer.runs_queue import cancel_run, enqueue_run, get_run, list_runs
@@ -57,7 +57,7 @@ VERSION_COLUMNS = ["version", "status", "reason", *GATE_COLUMNS, "run", "backbon
 
 class Overview(NamedTuple):
     summary: str  # HTML, numbers only
-    per_day: pd.DataFrame  # day, votes
+    over_time: pd.DataFrame  # time (UTC hour or day), provenance, votes
 
 
 class RunsView(NamedTuple):
@@ -83,10 +83,11 @@ class SwitchView(NamedTuple):
 
 
 def research_overview(deps: Deps, request: gr.Request) -> Overview:
-    """Dataset statistics and votes per day."""
+    """Dataset statistics and votes over time (per hour when they span under two days, else per day)."""
     require_researcher(deps, request)
     with deps.reader() as session:
         stats = dataset_stats(session, settings=deps.settings)
+        unit, buckets = votes_over_time(session)
     choices = ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in stats.votes_by_choice.items())
     rows = [
         ("tasks", stats.tasks), ("candidates", stats.candidates), ("pairs", stats.pairs), ("votes", stats.votes),
@@ -94,8 +95,9 @@ def research_overview(deps: Deps, request: gr.Request) -> Overview:
         f"{stats.tie_rate:.1%}"), ("rationale coverage", f"{stats.rationale_coverage:.1%}"),
         (f"pairs with ≥ {deps.settings.overlap_target} votes", stats.pairs_at_target),
     ]
-    per_day = pd.DataFrame([(d.isoformat(), n) for d, n in stats.votes_per_day], columns=["day", "votes"])
-    return Overview(html_table(["statistic", "value"], rows), per_day)
+    rows.append(("votes over time counted per", unit))
+    over_time = pd.DataFrame(buckets, columns=["time", "provenance", "votes"])
+    return Overview(html_table(["statistic", "value"], rows), over_time)
 
 
 # --- retrains ------------------------------------------------------------------------------------------------

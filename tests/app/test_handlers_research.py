@@ -27,11 +27,12 @@ def deps(app_store):
     return make_deps(app_store)
 
 
-def test_overview_has_the_dataset_statistics_and_votes_per_day(deps):
+def test_overview_has_the_dataset_statistics_and_votes_over_time(deps):
     overview = research.research_overview(deps, as_user("res"))
     for label in ("tasks", "votes", "tie rate", "rationale coverage", "annotators"):
         assert label in overview.summary
-    assert list(overview.per_day.columns) == ["day", "votes"] and overview.per_day["votes"].sum() > 0
+    assert list(overview.over_time.columns) == ["time", "provenance", "votes"]
+    assert overview.over_time["votes"].sum() > 0 and "votes over time counted per" in overview.summary
     assert research.research_overview(deps, as_user("boss")).summary == overview.summary  # admins too
 
 

@@ -16,6 +16,7 @@ from app.leaderboard import PRIOR, VoteTable, bootstrap_strengths, bradley_terry
 from storage.errors import InvalidInput, NotFound
 from storage.images import store_pil_image
 from storage.models import Candidate
+from storage.provenance import VoteSelection
 from storage.repository import add_candidate, create_task, record_vote
 from trainer.registry import publish_version, record_scores
 
@@ -27,7 +28,9 @@ def add_task(session, settings, generators: list[str], seed: int) -> dict[str, i
     return {g: add_candidate(session, task_id=task.id, image_id=image.id, generator=g).id for g in generators}
 
 
-def vote(session, settings, candidates: dict[str, int], left: str, right: str, choice: str) -> None:
+def vote(
+    session, settings, candidates: dict[str, int], left: str, right: str, choice: str, provenance: str = "human"
+) -> None:
     """Record one anonymous vote on the candidates of `left` and `right` (as shown)."""
     record_vote(
         session,
@@ -36,6 +39,7 @@ def vote(session, settings, candidates: dict[str, int], left: str, right: str, c
         right_candidate_id=candidates[right],
         choice=choice,
         client_submission_id=uuid.uuid4().hex,
+        provenance=provenance,
         settings=settings,
     )
 
@@ -124,6 +128,18 @@ def test_a_beats_b_beats_c_orders_the_board(session, settings):
     assert (board["B"].wins, board["B"].losses, board["B"].n_votes) == (4, 4, 8)
     assert (board["C"].wins, board["C"].losses, board["C"].n_votes) == (0, 4, 4)
     assert all(r.mean_score is None and r.n_scored == 0 for r in rows)
+
+
+def test_the_board_counts_only_the_selected_provenances(session, settings):
+    candidates = add_task(session, settings, ["a", "b"], seed=1)
+    vote(session, settings, candidates, "a", "b", "left")
+    for _ in range(3):  # simulated votes the other way must not move a board of human votes
+        vote(session, settings, candidates, "b", "a", "left", provenance="demo")
+    humans = rows_by_name(leaderboard(session, version_id=None, n_bootstrap=10,
+                                      selection=VoteSelection(("human", "import"))))
+    assert (humans["a"].wins, humans["a"].losses) == (1, 0)
+    everyone = rows_by_name(leaderboard(session, version_id=None, n_bootstrap=10))
+    assert (everyone["a"].wins, everyone["a"].losses) == (1, 3)
 
 
 def test_symmetric_votes_and_ties_give_equal_strengths_at_zero(session, settings):

@@ -29,6 +29,9 @@ RESEARCH_ENDPOINTS = [
     ("/promote_version", {"name": "v0001", "reason": "I say so"}),
     ("/rollback", {}),
     ("/export_votes", {"kind": "parquet"}),
+    ("/version_accuracy", {}),
+    ("/annotator_quality", {}),
+    ("/clear_flag", {"name": "ann", "reason": "checked by hand"}),
 ]
 ADMIN_ENDPOINTS = [
     ("/list_users", {}),
@@ -70,9 +73,9 @@ def test_an_annotator_is_refused_every_research_and_admin_endpoint(served):
 def test_each_role_can_call_its_own_endpoints(served):
     url, deps = served
     annotator = _client(url, "ann")
-    annotator.predict(api_name="/next_pair")
+    token = annotator.predict(api_name="/next_pair")[-1]  # the pair's token is the last output
     annotator.predict(choice="tie", rationale="both kept the colours", rate_dimensions=False,
-                      instruction_following=0, quality=0, preservation=0, api_name="/submit_vote")
+                      instruction_following=0, quality=0, preservation=0, pair_token=token, api_name="/submit_vote")
     status = _client(url, "res").predict(lm_weight=0.0, epochs=1, backbone="tiny", max_steps=2,
                                           api_name="/trigger_retrain")
     assert "Queued run" in status

@@ -122,3 +122,42 @@ def test_a_users_own_cap_wins_over_the_stores(session, settings, make_task, make
         vote(task, a, c, annotator_id=ann.id)
     set_daily_cap(session, name=ann.name, cap=0)  # back to the store's setting: no cap
     vote(task, a, c, annotator_id=ann.id)
+
+
+def test_active_sampling_ranks_by_priority_alone_and_coverage_by_votes_first(
+    session, tmp_path, make_task, make_user, vote
+):
+    from storage.annotation_queue import next_pair, set_pair_priorities
+    from storage.models import Pair
+
+    coverage = load_settings(environ={"JRM_OVERLAP_TARGET": "3"}, data_dir=tmp_path)
+    active = load_settings(environ={"JRM_OVERLAP_TARGET": "3", "JRM_SAMPLING": "active"}, data_dir=tmp_path)
+    task, (a, b, c) = make_task(n=3)
+    voted = vote(task, a, b, annotator_id=make_user().id, settings=coverage).vote.pair_id  # 1 of 3 votes
+    pairs = [p.id for p in session.query(Pair).order_by(Pair.id)]
+    set_pair_priorities(session, priorities={voted: 0.9, **{p: 0.1 for p in pairs if p != voted}})
+    assert next_pair(session, annotator_id=make_user().id, settings=active).pair_id == voted
+    assert next_pair(session, annotator_id=make_user().id, settings=coverage).pair_id != voted
+
+
+def test_votes_over_time_are_hourly_within_two_days_and_split_by_provenance(session, make_task, make_user, vote):
+    from datetime import timedelta
+
+    from storage.models import utcnow
+    from storage.stats import votes_over_time
+
+    assert votes_over_time(session) == ("day", [])
+    task, (a, b, c) = make_task(n=3)
+    now = utcnow().replace(minute=30, second=0, microsecond=0)
+    vote(task, a, b, annotator_id=make_user().id).vote.created_at = now - timedelta(hours=3)
+    vote(task, a, c, annotator_id=make_user().id, provenance="demo").vote.created_at = now - timedelta(hours=3)
+    vote(task, b, c, annotator_id=make_user().id).vote.created_at = now
+    session.flush()
+    unit, rows = votes_over_time(session)
+    earlier, latest = (now - timedelta(hours=3)).strftime("%Y-%m-%d %H:00"), now.strftime("%Y-%m-%d %H:00")
+    assert unit == "hour"
+    assert sorted(rows) == sorted([(earlier, "demo", 1), (earlier, "human", 1), (latest, "human", 1)])
+    vote(task, c, a, annotator_id=make_user().id).vote.created_at = now - timedelta(days=5)
+    session.flush()
+    unit, rows = votes_over_time(session)
+    assert unit == "day" and sum(n for *_, n in rows) == 4

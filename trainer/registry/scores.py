@@ -15,6 +15,7 @@ from storage.models import Candidate, Score, utcnow
 from trainer.registry.reading import get_version
 
 _SCORE_CHUNK = 500
+_OVERWRITTEN = ("score", "log_sigma", "dimensions", "created_at")  # what a new score of a (version, candidate) replaces
 
 
 def _chunks(items: list[Any], size: int = _SCORE_CHUNK) -> Iterator[list[Any]]:
@@ -40,10 +41,22 @@ def _validate_scores(session: Session, scores: dict[int, float]) -> list[dict[st
     return rows
 
 
-def record_scores(session: Session, *, version_id: int, scores: dict[int, float]) -> None:
-    """Insert or overwrite the scores of `version_id` for the given candidates."""
+def record_scores(
+    session: Session,
+    *,
+    version_id: int,
+    scores: dict[int, float],
+    sigmas: dict[int, float | None] | None = None,
+    dimensions: dict[int, dict[str, float] | None] | None = None,
+) -> None:
+    """Insert or overwrite the scores of `version_id` for the given candidates, with the uncertainty head's σ and the
+    dimension heads' scores where the model has them."""
     get_version(session, version_id=version_id)
     rows = _validate_scores(session, scores)
+    for row in rows:
+        sigma = (sigmas or {}).get(row["candidate_id"])
+        row["log_sigma"] = math.log(sigma) if sigma is not None and sigma > 0 else None
+        row["dimensions"] = (dimensions or {}).get(row["candidate_id"])
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     now = utcnow()
     for chunk in _chunks(rows):
@@ -52,9 +65,17 @@ def record_scores(session: Session, *, version_id: int, scores: dict[int, float]
         )
         statement = statement.on_conflict_do_update(
             index_elements=[Score.version_id, Score.candidate_id],
-            set_={"score": statement.excluded.score, "created_at": statement.excluded.created_at},
+            set_={name: getattr(statement.excluded, name) for name in _OVERWRITTEN},
         )
         session.execute(statement)
+
+
+def cached_sigmas(session: Session, *, version_id: int) -> dict[int, float]:
+    """candidate id → σ of every candidate `version_id` scored with an uncertainty head."""
+    query = select(Score.candidate_id, Score.log_sigma).where(
+        Score.version_id == version_id, Score.log_sigma.is_not(None)
+    )
+    return {candidate_id: math.exp(log_sigma) for candidate_id, log_sigma in session.execute(query)}
 
 
 def cached_scores(session: Session, *, version_id: int, candidate_ids: list[int]) -> dict[int, float]:
