@@ -266,6 +266,16 @@ class ModelVersion(Base):
     promoted_at: Mapped[datetime | None] = mapped_column()
 
 
+# At most one active version, enforced by the database (a partial unique index on both backends).
+Index(
+    "uq_model_versions_one_active",
+    ModelVersion.status,
+    unique=True,
+    sqlite_where=ModelVersion.status == "active",
+    postgresql_where=ModelVersion.status == "active",
+)
+
+
 class Score(Base):
     __tablename__ = "scores"
     __table_args__ = (UniqueConstraint("version_id", "candidate_id"),)

@@ -152,7 +152,15 @@ def _run_row(run: TrainingRun, requested_by: str | None, version: str | None) ->
     loss = f"{run.loss['total']:.4f}" if isinstance(run.loss, dict) and "total" in run.loss else "–"
     error = (run.error or "")[:200]
     return [run.id, run.status, run.trigger, requested_by or "–", progress_bar(run.progress or 0.0), steps, eta,
-            loss, f"{run.created_at:%Y-%m-%d %H:%M}", version or "–", error]
+            loss, _votes_read(run.vote_selection), f"{run.created_at:%Y-%m-%d %H:%M}", version or "–", error]
+
+
+def _votes_read(selection: dict[str, Any] | None) -> str:
+    """The provenances a run's snapshot read, and how many flagged annotators it left out."""
+    if not selection:
+        return "–"
+    excluded = len(selection.get("excluded_annotators", []))
+    return ", ".join(selection["provenances"]) + (f" (−{excluded} flagged)" if excluded else "")
 
 
 def runs_table(session: Session) -> str:
@@ -163,7 +171,8 @@ def runs_table(session: Session) -> str:
     produced = select(ModelVersion.run_id, ModelVersion.name).where(ModelVersion.run_id.in_([r.id for r in runs]))
     versions = dict(session.execute(produced).all())
     rows = [_run_row(run, users.get(run.requested_by_id), versions.get(run.id)) for run in runs]
-    headers = ["run", "status", "trigger", "by", "progress", "step", "ETA", "loss", "created", "version", "error"]
+    headers = ["run", "status", "trigger", "by", "progress", "step", "ETA", "loss", "votes", "created", "version",
+               "error"]
     return html_table(headers, rows) if rows else "<p>No training runs yet.</p>"
 
 
@@ -255,10 +264,11 @@ def _version_id(session: Session, name: str | None) -> int:
 def promote(deps: Deps, name: str | None, reason: str | None, request: gr.Request) -> SwitchView:
     """Make version `name` the active one (a researcher's decision, recorded with the reason)."""
     user = require_researcher(deps, request)
+    if not isinstance(reason, str) or not reason.strip():  # checked here: the name appended below is never empty
+        raise gr.Error("Give a reason for promoting by hand (e.g. “better on held-out tasks”); nothing changed.")
     with user_errors(), transaction(deps.factory) as session:
         version = promote_version(session, version_id=_version_id(session, name),
-                                  reason=f"{(reason or '').strip()} (promoted by {user.name})".strip(),
-                                  settings=deps.settings)
+                                  reason=f"{reason.strip()} (promoted by {user.name})", settings=deps.settings)
         message = f"<p>{text(version.name)} is now active.</p>"
     _refresh_scorer(deps)
     return _after_switch(deps, message)

@@ -98,7 +98,11 @@ def test_versions_side_by_side_then_promote_and_roll_back(app_store, scoring_ser
     assert f"{app_store.version_name} is active again" in rolled.status
     assert scoring_service.version[1] == app_store.version_name
     with pytest.raises(gr.Error, match="Choose a version"):
-        research.promote(deps, "v9999", "", as_user("res"))
+        research.promote(deps, "v9999", "a reason", as_user("res"))
+    for missing in ("", "   ", None):  # the researcher's name is appended, so the check must come before it
+        with pytest.raises(gr.Error, match="Give a reason for promoting by hand"):
+            research.promote(deps, second, missing, as_user("res"))
+    assert scoring_service.version[1] == app_store.version_name  # nothing changed
 
 
 def test_a_version_the_gate_rejected_shows_why(app_store, shifted_model_dir):

@@ -96,6 +96,12 @@ def test_annotate_retrain_and_score_in_the_browser(tmp_path):
         promote_newest(page, name, "e2e: the researcher's call")
         (status,), = _rows(server.database_url, select(ModelVersion.status))
         assert status == "active"
+        # The quality check counts human votes only (the store now has some): ann's four, beside the α summary.
+        page.locator("#check-annotators").click()
+        expect(page.locator("#agreement")).to_contain_text("Krippendorff", timeout=30_000)
+        expect(page.locator("#annotators")).to_contain_text("ann")
+        expect(page.locator("#agreement")).to_contain_text("(human, import)")
+        shoot(page, shots, "annotators")
 
         open_tab(page, "Score")
         score_upload(page, write_pictures(tmp_path / "pictures"), name)

@@ -64,3 +64,19 @@ def test_0003_classifies_existing_rows_by_origin_and_downgrades(settings):
     assert "provenance" not in {c["name"] for c in inspect(engine).get_columns("votes")}
     assert "annotator_flags" not in inspect(engine).get_table_names()
     engine.dispose()
+
+
+def test_the_store_refuses_a_second_active_version(factory):
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+
+    from storage.models import ModelVersion
+
+    with factory() as session:
+        session.add(ModelVersion(name="v1", path="a", backbone="tiny", status="active"))
+        session.add(ModelVersion(name="v2", path="b", backbone="tiny", status="retired"))
+        session.add(ModelVersion(name="v3", path="c", backbone="tiny", status="retired"))  # many of any other status
+        session.commit()
+        session.add(ModelVersion(name="v4", path="d", backbone="tiny", status="active"))
+        with pytest.raises(IntegrityError):
+            session.commit()
