@@ -39,9 +39,10 @@ from transformers import ProcessorMixin
 from storage.errors import InvalidInput
 from storage.images import image_path
 from storage.models import Candidate, Image
-from storage.stats import training_votes
 from storage.provenance import ALL_VOTES, VoteSelection
 from storage.settings import Settings
+from storage.stats import training_votes
+from trainer.heads import dimension_labels
 from trainer.prompting import Batch, PromptExample, build_example, collate
 
 if TYPE_CHECKING:
@@ -78,9 +79,11 @@ FEATURES = datasets.Features(
         "choice": _STRING,
         "rationale": _STRING,  # None when the annotator wrote none
         "annotator_id": _INT,  # None for imported votes
+        "dimension_scores": _STRING,  # JSON text {name: -2 … 2} as shown; None when not rated (absent before)
     }
 )
 _PATH_KEYS = ("source_path", "left_path", "right_path")  # left out of the fingerprint: the data folder may move
+_OPTIONAL_KEYS = ("dimension_scores",)  # left out of the fingerprint when None: older snapshots keep theirs
 
 
 # --- the split -------------------------------------------------------------------------------------------------
@@ -157,9 +160,15 @@ def vote_rows(
                 "choice": vote.choice,
                 "rationale": vote.rationale,
                 "annotator_id": vote.annotator_id,
+                "dimension_scores": _json_or_none(vote.dimension_scores),
             }
         )
     return rows
+
+
+def _json_or_none(value: Any) -> str | None:
+    """JSON text of a vote's dimension scores (as shown: negative = left better); None when it has none."""
+    return None if not value else json.dumps(value, sort_keys=True)
 
 
 # --- snapshots -------------------------------------------------------------------------------------------------
@@ -169,7 +178,7 @@ def rows_fingerprint(rows: Iterable[dict[str, Any]]) -> str:
     """sha256 of the rows' content (image paths excluded: the same votes in a moved data folder match)."""
     digest = hashlib.sha256(f"jrm-snapshot-{SNAPSHOT_FORMAT}\n".encode())
     for row in rows:
-        content = {k: v for k, v in row.items() if k not in _PATH_KEYS}
+        content = {k: v for k, v in row.items() if k not in _PATH_KEYS and not (k in _OPTIONAL_KEYS and v is None)}
         digest.update(json.dumps(content, sort_keys=True, ensure_ascii=False).encode())
         digest.update(b"\n")
     return digest.hexdigest()
@@ -341,21 +350,31 @@ class PairExample:
     chosen: PromptExample
     rejected: PromptExample
     is_tie: bool
+    dimension_labels: tuple[int | None, ...] = ()  # per `JRMConfig.dimension_heads` name, see heads.dimension_labels
 
 
 @dataclass
 class PairBatch:
-    """`batch` holds 2B sequences, the B chosen first; `is_tie` (B,) marks tie and both-bad votes."""
+    """`batch` holds 2B sequences, the B chosen first; `is_tie` (B,) marks tie and both-bad votes; per dimension
+    `dimension_labels` (B, D) is +1 / -1 / 0 (chosen better / rejected better / the same) where `dimension_mask`."""
 
     batch: Batch
     is_tie: torch.Tensor  # (B,) bool
+    dimension_labels: torch.Tensor | None = None  # (B, D) int64; None: the model has no dimension heads
+    dimension_mask: torch.Tensor | None = None  # (B, D) bool: False where the vote did not rate the dimension
 
     def __len__(self) -> int:
         return int(self.is_tie.shape[0])
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> PairBatch:
         """The same pairs on `device`."""
-        return PairBatch(self.batch.to(device), self.is_tie.to(device, non_blocking=non_blocking))
+        labels, mask = self.dimension_labels, self.dimension_mask
+        return PairBatch(
+            self.batch.to(device),
+            self.is_tie.to(device, non_blocking=non_blocking),
+            None if labels is None else labels.to(device, non_blocking=non_blocking),
+            None if mask is None else mask.to(device, non_blocking=non_blocking),
+        )
 
 
 class PairDataset(Dataset):
@@ -370,6 +389,7 @@ class PairDataset(Dataset):
         neutral_sides: bool = True,
         rationale_on: str = "chosen",
         cache: ImageCache | None = None,
+        dimensions: tuple[str, ...] = (),
     ):
         if rationale_on not in ("chosen", "both"):
             raise ValueError(f"rationale_on must be 'chosen' or 'both', got {rationale_on!r}.")
@@ -381,6 +401,7 @@ class PairDataset(Dataset):
         self.neutral_sides = neutral_sides
         self.rationale_on = rationale_on
         self.cache = cache or ImageCache()
+        self.dimensions = tuple(dimensions)  # names read from each row's dimension_scores (the model's heads)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -397,7 +418,8 @@ class PairDataset(Dataset):
         source = self.cache.get(row["source_path"])
         chosen = self._encode(source, row[f"{winner}_path"], row["instruction"], rationale)
         rejected = self._encode(source, row[f"{loser}_path"], row["instruction"], rejected_rationale)
-        return PairExample(chosen, rejected, is_tie=row["choice"] in TIE_CHOICES)
+        dims = dimension_labels(row.get("dimension_scores"), self.dimensions, winner) if self.dimensions else ()
+        return PairExample(chosen, rejected, is_tie=row["choice"] in TIE_CHOICES, dimension_labels=dims)
 
     def _encode(self, source: PIL.Image.Image, path: str, instruction: str, rationale: str | None) -> PromptExample:
         return build_example(
@@ -421,7 +443,12 @@ class PairCollator:
             raise ValueError("PairCollator needs at least one pair.")
         sequences = [ex.chosen for ex in examples] + [ex.rejected for ex in examples]  # 2B
         is_tie = torch.tensor([ex.is_tie for ex in examples], dtype=torch.bool)  # (B,)
-        return PairBatch(collate(sequences, self.processor), is_tie)
+        labels = mask = None
+        if examples[0].dimension_labels:
+            raw = [ex.dimension_labels for ex in examples]  # B tuples of D labels or None
+            labels = torch.tensor([[label or 0 for label in row] for row in raw], dtype=torch.long)  # (B, D)
+            mask = torch.tensor([[label is not None for label in row] for row in raw], dtype=torch.bool)  # (B, D)
+        return PairBatch(collate(sequences, self.processor), is_tie, labels, mask)
 
 
 # --- held-out pairs for evaluation -----------------------------------------------------------------------------
@@ -446,6 +473,7 @@ def eval_pairs(rows: datasets.Dataset | Sequence[dict[str, Any]], *, cache: Imag
             right_candidate_id=row["right_candidate_id"],
             left_extra=json.loads(row["left_extra"]),
             right_extra=json.loads(row["right_extra"]),
+            dimension_scores=json.loads(row.get("dimension_scores") or "null"),
         )
         for row in rows
     ]

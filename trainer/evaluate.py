@@ -24,6 +24,7 @@ from PIL import Image
 
 from storage.demo_edits import FLAWS
 from storage.demo_kinds import EDIT_KINDS, EditSpec, phrase_instruction
+from trainer.head_metrics import HeadPairScores, heads_report, pair_head_scores
 from trainer.metrics import LABELS, CandidateGroup, evaluation_report
 from trainer.model import JointRewardModel
 from trainer.prompting import build_example, collate
@@ -49,6 +50,7 @@ class EvalPair:
     right_candidate_id: int | None = None
     left_extra: dict | None = None  # Candidate.extra, e.g. the demo's {"flaw", "quality", "edits", "description"}
     right_extra: dict | None = None
+    dimension_scores: dict | None = None  # the vote's {dimension: -2 … 2}, as shown (negative: left better)
 
     def __post_init__(self) -> None:
         if self.label not in LABELS:
@@ -76,6 +78,7 @@ class PairScores:
     swap_original: np.ndarray  # (S,) r(chosen) − r(rejected) under the task's instruction
     swap_swapped: np.ndarray  # (S,) the same under the swap instruction: should be < 0
     n_scored: int  # sequences run through the model (swap re-scores included)
+    heads: HeadPairScores | None = None  # σ and dimension scores per pair, when the model has those heads
 
     @property
     def delta(self) -> np.ndarray:
@@ -104,10 +107,11 @@ def _check_batch_size(batch_size: int) -> None:
 
 def _run_model(
     model: JointRewardModel, items: Sequence[tuple[Image.Image, Image.Image, str]], batch_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards (N,) and score-position features (N, H) of (source, edited, instruction) items, in order."""
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Rewards (N,), score-position features (N, H) and the extra heads' outputs ("log_sigma" (N,), "dimension_scores"
+    (N, D), when the model has them) of (source, edited, instruction) items, in order."""
     _check_batch_size(batch_size)
-    rewards, features = [], []
+    rewards, features, heads = [], [], {}
     with torch.no_grad(), _eval_mode(model):
         for start in range(0, len(items), batch_size):
             examples = [
@@ -117,9 +121,12 @@ def _run_model(
             out = model(collate(examples, model.processor), with_lm=False)
             rewards.append(out.rewards.float().cpu())  # (b,)
             features.append(out.features.float().cpu())  # (b, H)
+            for name in ("log_sigma", "dimension_scores"):
+                if getattr(out, name) is not None:
+                    heads.setdefault(name, []).append(getattr(out, name).float().cpu())
     if not rewards:
-        return torch.zeros(0), torch.zeros(0, model.hidden_size)
-    return torch.cat(rewards), torch.cat(features)
+        return torch.zeros(0), torch.zeros(0, model.hidden_size), {}
+    return torch.cat(rewards), torch.cat(features), {name: torch.cat(parts) for name, parts in heads.items()}
 
 
 def score_images(
@@ -131,7 +138,7 @@ def score_images(
     batch_size: int = 16,
 ) -> list[float]:
     """Pointwise scores of each edited image for (source, instruction), in order."""
-    rewards, _ = _run_model(model, [(source, image, instruction) for image in edited], batch_size)
+    rewards, _, _ = _run_model(model, [(source, image, instruction) for image in edited], batch_size)
     return rewards.tolist()
 
 
@@ -236,7 +243,7 @@ def score_pairs(
             for (key, _), image in ((left, pair.left), (right, pair.right))
         ]
         swap_rows.append(rows if swap.chosen == "left" else rows[::-1])
-    rewards, features = _run_model(model, plan.items, batch_size)  # (N,), (N, H)
+    rewards, features, heads = _run_model(model, plan.items, batch_size)  # (N,), (N, H), extra heads
     r = rewards.double().numpy()
     left_rows = np.array([left[1] for left, _ in sides], dtype=np.int64)  # (P,)
     right_rows = np.array([right[1] for _, right in sides], dtype=np.int64)  # (P,)
@@ -250,6 +257,7 @@ def score_pairs(
         swap_original=np.array(original, dtype=np.float64),
         swap_swapped=np.array([r[c] - r[j] for c, j in swap_rows], dtype=np.float64),
         n_scored=len(plan.items),
+        heads=pair_head_scores(heads, left_rows, right_rows, model.jrm_config.dimension_heads),
     )
 
 
@@ -301,6 +309,9 @@ def report_scores(
         n_bootstrap=n_bootstrap,
         seed=seed,
     )
+    if scores.heads is not None:
+        ratings = [pair.dimension_scores for pair in pairs]
+        report["heads"] = heads_report(scores.heads, scores.delta, [pair.label for pair in pairs], ratings)
     return {
         **report,
         "n_pairs": len(pairs),

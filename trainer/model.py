@@ -21,6 +21,16 @@ from torch import nn
 from trainer.backbones import Backbone, load_backbone
 from trainer.base_identity import describe_base, verified_base_folder
 from trainer.configs import DictConfig
+from trainer.heads import (
+    DIMENSION_HEAD_NAME,
+    UNCERTAINTY_HEAD_NAME,
+    RewardScores,
+    add_extra_heads,
+    extra_head_names,
+    load_extra_heads,
+    make_mlp,
+    save_extra_heads,
+)
 from trainer.losses import IGNORE_INDEX, lm_nll
 from trainer.prompting import Batch
 from trainer.resolution import set_pixel_budget
@@ -63,9 +73,24 @@ class JRMConfig(DictConfig):
     max_image_pixels: int = _help(
         "Most pixels per image for dynamic-resolution backbones (Qwen2-VL family); 0: the backbone's own.", default=0
     )
+    uncertainty_head: bool = _help(
+        "Add a head for log σ of the reward (the preference loss then integrates over N(μ, σ²)).", default=False
+    )
+    uncertainty_loss: Literal["gauss_hermite", "probit"] = _help(
+        "How the loss integrates over N(μ, σ²): Gauss–Hermite quadrature, or the probit approximation.",
+        default="gauss_hermite",
+    )
+    dimension_heads: tuple[str, ...] = _help(
+        "Dimensions to score with a dimension head, e.g. ('instruction_following', 'quality', 'preservation'); "
+        "trained on votes' dimension_scores.",
+        default=(),
+    )
+    dimension_weight: float = _help("Weight of the dimension heads' Davidson loss in the total.", default=0.5)
 
     def __post_init__(self) -> None:
         self.lora_target_modules = tuple(self.lora_target_modules)
+        self.dimension_heads = tuple(self.dimension_heads)
+        _check_heads(self)
         if not self.backbone.strip():
             raise ValueError("backbone is empty: give a tiny preset name ('tiny'), a hub id or a local folder.")
         if not self.lm_weight >= 0:
@@ -97,7 +122,24 @@ class JRMConfig(DictConfig):
         """JSON-ready fields."""
         data = asdict(self)
         data["lora_target_modules"] = list(self.lora_target_modules)
+        data["dimension_heads"] = list(self.dimension_heads)
         return data
+
+
+def _check_heads(config: JRMConfig) -> None:
+    if not isinstance(config.uncertainty_head, bool):
+        raise ValueError(f"uncertainty_head must be true or false, got {config.uncertainty_head!r}.")
+    if config.uncertainty_loss not in ("gauss_hermite", "probit"):
+        raise ValueError(f"uncertainty_loss must be 'gauss_hermite' or 'probit', got {config.uncertainty_loss!r}.")
+    names = config.dimension_heads
+    if not all(isinstance(n, str) and n.isidentifier() for n in names) or len(set(names)) != len(names):
+        raise ValueError(
+            f"dimension_heads must be distinct names such as 'instruction_following' (letters, digits, _), got {names}."
+        )
+    if isinstance(config.dimension_weight, bool) or not 0 <= config.dimension_weight < float("inf"):
+        raise ValueError(f"dimension_weight must be a finite number >= 0 (try 0.5), got {config.dimension_weight!r}.")
+    if names and config.tie_nu == 0:
+        raise ValueError("dimension_heads need tie_nu > 0: a dimension rated 0 (the same) is a tie (try 1.0).")
 
 
 @dataclass
@@ -107,6 +149,8 @@ class JRMOutput:
     rewards: torch.Tensor  # (B,)
     features: torch.Tensor  # (B, H) last-layer hidden state at the score position
     lm_loss: torch.Tensor | None  # mean NLL of rationale tokens; None unless with_lm
+    log_sigma: torch.Tensor | None = None  # (B,) in heads.LOG_SIGMA_RANGE; None without an uncertainty head
+    dimension_scores: torch.Tensor | None = None  # (B, D) in `JRMConfig.dimension_heads` order; None without them
 
 
 class DroppedLMHead(nn.Module):
@@ -120,8 +164,7 @@ class DroppedLMHead(nn.Module):
 
 def make_reward_head(hidden_size: int, head_hidden: int, activation: str) -> nn.Sequential:
     """Linear(H, h) → activation → Linear(h, 1)."""
-    act = nn.GELU() if activation == "gelu" else nn.Tanh()
-    return nn.Sequential(nn.Linear(hidden_size, head_hidden), act, nn.Linear(head_hidden, 1))
+    return make_mlp(hidden_size, head_hidden, activation, 1)
 
 
 class JointRewardModel(nn.Module):
@@ -135,6 +178,9 @@ class JointRewardModel(nn.Module):
         self.jrm_config = config  # not `config`: peft reads `model.config` as a transformers config
         hidden = self.hidden_size
         self.reward_head = make_reward_head(hidden, config.head_hidden or hidden, config.head_activation)
+        add_extra_heads(
+            self, hidden_size=hidden, head_hidden=config.head_hidden or hidden, activation=config.head_activation
+        )
         self.lm_head_dropped = False  # True when loaded for scoring (trainer.scorer): no LM loss, no save
         self.base_cache_dir: str | Path | None = None  # where a named base is built or cached (LoRA records its files)
 
@@ -200,15 +246,25 @@ class JointRewardModel(nn.Module):
         hidden = self._last_hidden_state(batch)  # (B, T, H)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         features = hidden[rows, batch.score_index]  # (B, H)
-        head_dtype = next(self.reward_head.parameters()).dtype
-        rewards = self.reward_head(features.to(head_dtype)).squeeze(-1).float()  # (B,)
+        head_input = features.to(next(self.reward_head.parameters()).dtype)
+        rewards = self.reward_head(head_input).squeeze(-1).float()  # (B,)
+        uncertainty, dims = getattr(self, UNCERTAINTY_HEAD_NAME), getattr(self, DIMENSION_HEAD_NAME)
+        log_sigma = uncertainty(head_input).float() if uncertainty is not None else None  # (B,)
+        dimension_scores = dims(head_input).float() if dims is not None else None  # (B, D)
         lm_loss = self._rationale_nll(hidden, batch.labels) if with_lm else None
-        return JRMOutput(rewards=rewards, features=features, lm_loss=lm_loss)
+        return JRMOutput(rewards, features, lm_loss, log_sigma=log_sigma, dimension_scores=dimension_scores)
 
     @torch.no_grad()
     def score(self, batch: Batch) -> torch.Tensor:
         """Rewards (B,) without gradients or vocabulary logits; call `eval()` first for deterministic scores."""
-        return self.forward(batch, with_lm=False).rewards
+        return self.score_all(batch).mu
+
+    @torch.no_grad()
+    def score_all(self, batch: Batch) -> RewardScores:
+        """μ (B,), and σ (B,) and the dimension scores (B, D) when the model has those heads, from one forward."""
+        out = self.forward(batch, with_lm=False)
+        sigma = None if out.log_sigma is None else out.log_sigma.exp()
+        return RewardScores(out.rewards, sigma, out.dimension_scores, self.jrm_config.dimension_heads)
 
     def _last_hidden_state(self, batch: Batch) -> torch.Tensor:
         """The base model's last hidden state (B, T, H): the multimodal decoder without the LM head."""
@@ -253,6 +309,7 @@ class JointRewardModel(nn.Module):
         else:
             head_state = {k: v.detach().contiguous().cpu() for k, v in self.reward_head.state_dict().items()}
             save_file(head_state, path / "reward_head.safetensors")
+            save_extra_heads(self, path)
             self.backbone.save_pretrained(path / "backbone")
             self.processor.save_pretrained(path / "backbone")
         (path / "jrm_config.json").write_text(json.dumps(meta, indent=2))
@@ -289,6 +346,7 @@ class JointRewardModel(nn.Module):
         else:
             model = cls(load_base(path / "backbone"), config)
             model.reward_head.load_state_dict(load_file(path / "reward_head.safetensors"))
+            load_extra_heads(model, path)  # a config from before the extra heads has none: nothing to load
         model.backbone_name = meta["backbone_name"]
         return model
 
@@ -307,7 +365,7 @@ def _read_meta(path: Path) -> dict:
 def apply_lora(
     model: JointRewardModel, *, rank: int, alpha: int, target_modules: tuple[str, ...] | list[str], dropout: float
 ) -> JointRewardModel:
-    """Inject LoRA adapters in place; only adapters and the reward head (modules_to_save) stay trainable."""
+    """Inject LoRA adapters in place; only adapters and the heads (modules_to_save) stay trainable."""
     if model.is_lora:
         raise ValueError("This model already has LoRA adapters.")
     lora = LoraConfig(
@@ -315,7 +373,7 @@ def apply_lora(
         lora_alpha=alpha,
         target_modules=list(target_modules),
         lora_dropout=dropout,
-        modules_to_save=[REWARD_HEAD_NAME],
+        modules_to_save=[REWARD_HEAD_NAME, *extra_head_names(model)],
     )
     inject_adapter_in_model(lora, model)
     model.jrm_config = replace(
@@ -330,9 +388,10 @@ def apply_lora(
 
 
 def _load_adapter(model: JointRewardModel, state: dict[str, torch.Tensor]) -> None:
-    """Load adapter + reward-head weights; every adapter weight the model expects must be in `state`."""
+    """Load adapter + head weights; every adapter and head weight the model expects must be in `state`."""
     result = set_peft_model_state_dict(model, state)
-    missing = [k for k in result.missing_keys if "lora_" in k or f"{REWARD_HEAD_NAME}.modules_to_save" in k]
+    saved = [f"{name}.modules_to_save" for name in (REWARD_HEAD_NAME, *extra_head_names(model))]
+    missing = [k for k in result.missing_keys if "lora_" in k or any(s in k for s in saved)]
     if missing or result.unexpected_keys:
         raise ValueError(
             f"Adapter checkpoint does not match the model: missing {missing[:5]}, "

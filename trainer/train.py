@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from trainer.configs import DictConfig, is_int, is_number
 from trainer.data import PairBatch, PairCollator, PairDataset
-from trainer.losses import LossBreakdown, joint_loss
+from trainer.losses import DimensionPairs, LossBreakdown, joint_loss
 from trainer.model import JointRewardModel, JRMConfig
 
 LOSS_KEYS = ("total", "pref", "lm")
@@ -172,6 +172,7 @@ def make_dataloader(
         max_rationale_tokens=model.jrm_config.max_rationale_tokens,
         neutral_sides=config.neutral_sides,
         rationale_on=config.rationale_on,
+        dimensions=model.jrm_config.dimension_heads,
     )
     if len(dataset) == 0:
         raise ValueError("No training votes: the snapshot's train split is empty.")
@@ -189,7 +190,10 @@ def pair_loss(model: torch.nn.Module, pairs: PairBatch, jrm_config: JRMConfig) -
     """The joint loss of one batch of pairs: one forward over the 2B sequences, chosen first."""
     n_pairs = len(pairs)
     output = model(pairs.batch, with_lm=jrm_config.lm_weight > 0)
-    rewards = output.rewards  # (2B,)
+    rewards, log_sigma, dims = output.rewards, output.log_sigma, output.dimension_scores  # (2B,), (2B,), (2B, D)
+    dimensions = None
+    if dims is not None and pairs.dimension_labels is not None:
+        dimensions = DimensionPairs(dims[:n_pairs], dims[n_pairs:], pairs.dimension_labels, pairs.dimension_mask)
     return joint_loss(
         rewards[:n_pairs],  # (B,) chosen
         rewards[n_pairs:],  # (B,) rejected
@@ -197,6 +201,10 @@ def pair_loss(model: torch.nn.Module, pairs: PairBatch, jrm_config: JRMConfig) -
         output.lm_loss,
         jrm_config.lm_weight,
         tie_nu=jrm_config.tie_nu,
+        log_sigma=None if log_sigma is None else (log_sigma[:n_pairs], log_sigma[n_pairs:]),
+        uncertainty_loss=jrm_config.uncertainty_loss,
+        dimensions=dimensions,
+        dimension_weight=jrm_config.dimension_weight,
     )
 
 

@@ -47,12 +47,14 @@ FLOOR_NOTES = {
 UPLOAD_ORIGIN = "upload"
 UPLOAD_GENERATOR = "user-upload-{}"  # candidates of a contributed upload, numbered in upload order
 RESULT_COLUMNS = ["rank", "edit", "score", "version"]
+SIGMA_COLUMN = "± σ"  # added after "score" when the version has an uncertainty head; its dimensions follow
+SIGMA_NOTE = "<p>± σ: the model's uncertainty about a score (one standard deviation).</p>"
 
 
 class ScoreView(NamedTuple):
     """The score tab's outputs."""
 
-    table: pd.DataFrame  # RESULT_COLUMNS, best first
+    table: pd.DataFrame  # RESULT_COLUMNS (and σ, dimension scores when the version has those heads), best first
     gallery: list[tuple[str, str]]  # (edited image file, caption), best first
     status: str  # HTML, escaped
 
@@ -173,19 +175,35 @@ def score_edits(
 
 
 def _ranked_view(paths: list[str], scored: list[ScoredItem], notes: list[str]) -> ScoreView:
-    """The scores best first, each edit named by its place and file; the version and its floor verdict above."""
+    """The scores best first (± σ and the dimension scores when the version has those heads), each edit named by its
+    place and file; the version and its floor verdict above."""
     ranked = sorted(enumerate(scored, start=1), key=lambda pair: -pair[1].score)
     names = [_edit_name(number, path) for number, path in enumerate(paths, start=1)]
     table = pd.DataFrame(
         [(rank, names[i - 1], round(item.score, 4), item.version_name) for rank, (i, item) in enumerate(ranked, 1)],
         columns=RESULT_COLUMNS,
     )
-    gallery = [(paths[i - 1], f"#{rank} · {names[i - 1]} · {item.score:.3f}")
+    _add_head_columns(table, [item for _, item in ranked])
+    gallery = [(paths[i - 1], f"#{rank} · {names[i - 1]} · {_score_text(item)}")
                for rank, (i, item) in enumerate(ranked, 1)]
     version = scored[0]
     stamp = f"<p>Scored by model version <b>{text(version.version_name)}</b> (id {version.version_id}).</p>"
     floor = f"<p>{text(FLOOR_NOTES[version.passed_floor].format(name=version.version_name))}</p>"
-    return ScoreView(table, gallery, " ".join([stamp, floor, *notes]))
+    sigma = [SIGMA_NOTE] if version.sigma is not None else []
+    return ScoreView(table, gallery, " ".join([stamp, floor, *sigma, *notes]))
+
+
+def _score_text(item: ScoredItem) -> str:
+    """"0.812 ± 0.120" (σ when the version has an uncertainty head), else "0.812"."""
+    return f"{item.score:.3f}" if item.sigma is None else f"{item.score:.3f} ± {item.sigma:.3f}"
+
+
+def _add_head_columns(table: pd.DataFrame, ranked: list[ScoredItem]) -> None:
+    """σ after the score and one column per dimension score, when the version that scored has those heads."""
+    if ranked and ranked[0].sigma is not None:
+        table.insert(RESULT_COLUMNS.index("score") + 1, SIGMA_COLUMN, [round(item.sigma or 0.0, 4) for item in ranked])
+    for name in (ranked[0].dimensions or {}) if ranked else {}:
+        table[name.replace("_", " ")] = [round((item.dimensions or {}).get(name, float("nan")), 4) for item in ranked]
 
 
 def _edit_name(number: int, path: str) -> str:

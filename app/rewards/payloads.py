@@ -163,10 +163,12 @@ def build_reply(
         item_id = position if item.id is None else item.id
         if isinstance(outcome, InvalidInput):
             results.append(FailedResult(id=item_id, error=str(outcome)))
-        elif not math.isfinite(outcome.score):
+        elif not all(math.isfinite(value) for value in _numbers(outcome)):
             results.append(FailedResult(id=item_id, error=f"the model returned a non-finite score ({outcome.score})."))
         else:
-            results.append(ScoredResult(id=item_id, score=outcome.score))
+            results.append(
+                ScoredResult(id=item_id, score=outcome.score, sigma=outcome.sigma, dimensions=outcome.dimensions)
+            )
     stamped = next((o for o in outcomes if isinstance(o, ScoredItem)), None)
     reply = ScoreReply(
         version=stamped.version_name if stamped else serving.name,
@@ -178,3 +180,8 @@ def build_reply(
     )
     status = 200 if all(isinstance(r, ScoredResult) for r in results) else 422
     return reply.model_dump(mode="json"), status
+
+
+def _numbers(outcome: ScoredItem) -> list[float]:
+    """The score, σ and dimension scores an item carries (what must be finite to be sent)."""
+    return [outcome.score, *([] if outcome.sigma is None else [outcome.sigma]), *(outcome.dimensions or {}).values()]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, StrictInt, StrictStr, model_serializer
 
 SCHEMA_VERSION = 1
 MAX_ID_CHARS = 200
@@ -48,8 +48,21 @@ class ScoreRequest(_Strict):
 
 
 class ScoredResult(_Strict):
+    """One item's score; `sigma` and `dimensions` only when the version has those heads (left out otherwise, so a
+    version without them answers exactly as before)."""
+
     id: ItemId
     score: float
+    sigma: float | None = Field(default=None, description="σ of the score (the uncertainty head), > 0")
+    dimensions: dict[str, float] | None = Field(default=None, description="per-dimension scores (dimension heads)")
+
+    @model_serializer(mode="wrap")
+    def _leave_out_absent_heads(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        for key in ("sigma", "dimensions"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class FailedResult(_Strict):

@@ -10,8 +10,9 @@ memory.
 
 Requests (Gradio's worker threads, the reward server's request threads) put one item per image into a queue; a
 single inference thread (`batching.py`) takes up to `max_batch` items, waiting at most `batch_wait_ms` for more after
-the first, and runs one `JointRewardModel.score` forward per version in the batch. Every score comes back stamped with
-the version that computed it and the sha256 of that version's files. Uploads and `score_items` (the reward server)
+the first, and runs one `JointRewardModel.score_all` forward per version in the batch (the score, and σ and the
+dimension scores when the version has those heads). Every score comes back stamped with the version that computed it
+and the sha256 of that version's files. Uploads and `score_items` (the reward server)
 resolve their version once when the request starts and queue every item for it; candidate scores follow the serving
 version read once per batch, and a candidate request whose scores came from two versions (a swap mid-request) is
 computed once more, so one answer never mixes versions. With `max_queue` (the reward server) a request's items are
@@ -27,7 +28,8 @@ read with the version's row when it loads and on each poll, never per request) a
 can tell whether the scores that came back are from a model that beat the floor (`versions.py`).
 
 Candidate scores are cached per (version, candidate) (`cache.py`): in memory for the serving version and in the
-`scores` table (`registry.cached_scores` / `record_scores`), so a restarted app or another app process reuses them.
+`scores` table (`registry.stored_scores` / `record_scores`, with σ and the dimension scores), so a restarted app or
+another app process reuses them.
 DB sessions stay short and never span a model load or a forward: on SQLite every transaction takes the write lock.
 Request inputs are validated and read from the store in `inputs.py`.
 """

@@ -1,4 +1,4 @@
-"""The inference thread: queued items scored in batches, one `JointRewardModel.score` forward per version per batch.
+"""The inference thread: queued items scored in batches, one `JointRewardModel.score_all` forward per version per batch.
 
 An item either follows the serving version (read once per batch) or carries the `Serving` it must be scored by (a
 pinned version, or the one a request resolved when it started); a batch's items are grouped by version, so one
@@ -20,7 +20,7 @@ from typing import Any
 
 import PIL.Image
 
-from app.scoring.versions import NoScorerYet, Serving
+from app.scoring.versions import ModelScore, NoScorerYet, Serving
 from storage.errors import InvalidInput
 from trainer.prompting import build_example, collate
 
@@ -40,7 +40,7 @@ class _Item:
     source: PIL.Image.Image
     edited: PIL.Image.Image
     instruction: str
-    future: Future  # resolves to (score, Serving)
+    future: Future  # resolves to (ModelScore, Serving)
     serving: Serving | None = None  # the version to score it with; None: the serving version when its batch runs
 
 
@@ -80,7 +80,7 @@ class Batcher:
 
     def put_many(self, inputs: Sequence[Input], futures: Sequence[Future], serving: Serving | None = None) -> None:
         """Queue every input (scored by `serving`, or the serving version when None) or, over `max_queue`, none;
-        each future resolves to (score, Serving) or to the exception that stopped its item."""
+        each future resolves to (ModelScore, Serving) or to the exception that stopped its item."""
         with self._count_lock:
             self._check_room(len(inputs))
             self._waiting += len(inputs)
@@ -137,7 +137,7 @@ class Batcher:
         return list(groups.values())
 
     def _run_batch(self, serving: Serving | None, batch: list[_Item]) -> None:
-        """One forward of `serving`'s model over the batch; each future gets (score, its own Serving)."""
+        """One forward of `serving`'s model over the batch; each future gets (ModelScore, its own Serving)."""
         if serving is None:
             _fail(batch, NoScorerYet("No scorer yet: the model version that was serving is gone."))
             return
@@ -153,9 +153,9 @@ class Batcher:
                 set_exception(item.future, InvalidInput(f"The model's processor could not read this item: {exc}"))
         if not ready:
             return
-        rewards = serving.model.score(collate(examples, processor)).float().cpu().tolist()  # (B,)
-        for item, reward in zip(ready, rewards, strict=True):
-            _set_result(item.future, (reward, item.serving or serving))
+        scores = serving.model.score_all(collate(examples, processor)).rows()  # B × (μ, σ, dimensions): one forward
+        for item, (mu, sigma, dimensions) in zip(ready, scores, strict=True):
+            _set_result(item.future, (ModelScore(mu, sigma, dimensions), item.serving or serving))
 
 
 def _set_result(future: Future, value: Any) -> None:

@@ -27,6 +27,7 @@ from app.scoring.inputs import (
 from app.scoring.pinned import PinnedVersions, State
 from app.scoring.versions import (
     Loader,
+    ModelScore,
     NoScorerYet,
     ScoredItem,
     ServedVersion,
@@ -339,7 +340,7 @@ class ScoringService(CandidateRequests):
             self._batcher.put_many(inputs, futures, serving)
 
     @staticmethod
-    def _wait(future: Future) -> tuple[float, Serving]:
+    def _wait(future: Future) -> tuple[ModelScore, Serving]:
         try:
             return future.result(timeout=REQUEST_TIMEOUT_S)
         except TimeoutError:

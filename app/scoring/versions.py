@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-Loader = Callable[..., Any]  # loader(path, *, device) -> a model with .processor and .score(batch)
+Loader = Callable[..., Any]  # loader(path, *, device) -> a model with .processor and .score_all(batch)
 
 
 class NoScorerYet(RuntimeError):
@@ -24,6 +24,16 @@ class VersionUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ModelScore:
+    """What the one forward gives for one item: the score μ, and σ and the dimension scores when the version has
+    those heads (trainer/heads.py)."""
+
+    score: float
+    sigma: float | None = None
+    dimensions: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
 class ScoredItem:
     """One score and the version that computed it (`candidate_id` is None for uploads)."""
 
@@ -33,6 +43,8 @@ class ScoredItem:
     version_name: str
     passed_floor: bool | None = None  # that version's floor verdict (`floor_verdict`); None: never checked
     model_sha256: str | None = None  # the version's files (`trainer.registry.files_sha256`)
+    sigma: float | None = None  # σ of the score (the uncertainty head); None without one, or from the scores table
+    dimensions: dict[str, float] | None = None  # per-dimension scores (the dimension heads); None likewise
 
 
 @dataclass(frozen=True)
@@ -63,8 +75,17 @@ def floor_verdict(metrics: object) -> bool | None:
     return verdict if isinstance(verdict, bool) else None
 
 
-def stamp(candidate_id: int | None, score: float, serving: Serving) -> ScoredItem:
-    """`score` as a `ScoredItem` stamped with the version (and its floor verdict) that computed it."""
+def stamp(candidate_id: int | None, score: float | ModelScore, serving: Serving) -> ScoredItem:
+    """`score` (a bare float: from the scores table) as a `ScoredItem` stamped with the version (and its floor
+    verdict) that computed it."""
+    value = score if isinstance(score, ModelScore) else ModelScore(float(score))
     return ScoredItem(
-        candidate_id, float(score), serving.version_id, serving.name, serving.passed_floor, serving.model_sha256
+        candidate_id,
+        float(value.score),
+        serving.version_id,
+        serving.name,
+        serving.passed_floor,
+        serving.model_sha256,
+        sigma=value.sigma,
+        dimensions=value.dimensions,
     )

@@ -73,13 +73,13 @@ def test_concurrent_clients_get_their_own_results_from_shared_batches(app_store)
 
     def counting_loader(path: Path, *, device: str):
         model = load_scorer_model(path, settings=app_store.settings, device=device)
-        score = model.score
+        score = model.score_all  # what the inference thread calls: one forward
 
         def counted(batch):
             batch_sizes.append(len(batch))
             return score(batch)
 
-        model.score = counted
+        model.score_all = counted
         return model
 
     service = reward_service(app_store, loader=counting_loader, max_batch=32, batch_wait_ms=500)

@@ -168,10 +168,10 @@ def test_an_internal_failure_is_a_500_without_details(app_store):
     def broken_loader(path, *, device):
         model = load_scorer_model(path, settings=app_store.settings, device=device)
 
-        def score(batch):
+        def score_all(batch):
             raise RuntimeError("secret detail /srv/models/v0001 line 42")
 
-        model.score = score
+        model.score_all = score_all  # what the inference thread calls (one forward: μ, σ, dimension scores)
         return model
 
     service = ScoringService(app_store.factory, app_store.settings, loader=broken_loader)
@@ -309,14 +309,14 @@ def test_a_full_queue_answers_429_with_retry_after_and_the_queued_requests_finis
 
     def blocking_loader(path, *, device):
         model = load_scorer_model(path, settings=app_store.settings, device=device)
-        score = model.score
+        score = model.score_all  # what the inference thread calls: one forward
 
         def held(batch):
             entered.set()
             assert release.wait(60), "the test never released the model"
             return score(batch)
 
-        model.score = held
+        model.score_all = held
         return model
 
     service = ScoringService(

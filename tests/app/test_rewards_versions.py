@@ -120,13 +120,13 @@ def test_one_batch_with_two_versions_runs_one_forward_per_version(app_template, 
 
     def load(path, name):
         model = load_scorer_model(path, settings=SCORER_SETTINGS, device="cpu")
-        score = model.score
+        score = model.score_all  # what the inference thread calls: one forward
 
         def counted(batch):
             forwards.append((name, len(batch)))
             return score(batch)
 
-        model.score = counted
+        model.score_all = counted
         return Serving(version_id=1 if name == "old" else 2, name=name, model=model)
 
     old, new = load(app_template.version_dir, "old"), load(shifted_model_dir, "new")
@@ -141,11 +141,12 @@ def test_one_batch_with_two_versions_runs_one_forward_per_version(app_template, 
     batcher.close()
     batcher.thread.join(LOAD_TIMEOUT_S)
     assert sorted(forwards) == [("new", 6), ("old", 3)], "one forward per version, the following items with new"
-    old_scores = [score for score, _ in results["old"]]
+    old_scores = [value.score for value, _ in results["old"]]  # each future: (ModelScore, Serving)
     assert [s.name for _, s in results["old"]] == ["old"] * 3 and [s.name for _, s in results["new"]] == ["new"] * 3
-    assert [score for score, _ in results["new"]] == pytest.approx([s + SHIFT for s in old_scores], abs=TOLERANCE)
-    following = [score for score, _ in results["following"]]
-    assert following == pytest.approx([score for score, _ in results["new"]], abs=TOLERANCE)
+    new_scores = [value.score for value, _ in results["new"]]
+    assert new_scores == pytest.approx([s + SHIFT for s in old_scores], abs=TOLERANCE)
+    following = [value.score for value, _ in results["following"]]
+    assert following == pytest.approx(new_scores, abs=TOLERANCE)
 
 
 # --- the pinned-version cache, with stand-in loads -------------------------------------------------------------

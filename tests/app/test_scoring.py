@@ -14,12 +14,12 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import torch
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from app.scoring import NoScorerYet, ScoredItem, ScoringService, ServedVersion, floor_verdict
 from storage.errors import InvalidInput, NotFound
 from storage.images import open_image
-from storage.models import Candidate
+from storage.models import Candidate, Score
 from storage.settings import load_settings
 from tests.app.conftest import SHIFT, publish_model_dir
 from tests.app.handler_support import set_gate
@@ -158,6 +158,9 @@ def test_scores_are_stamped_with_the_version_and_equal_the_unbatched_forward(
 
 
 def test_cache_hits_run_no_forward_in_memory_or_from_the_scores_table(app_store):
+    with app_store.factory() as session:  # the store's training run scored candidates after its publish: start empty
+        session.execute(delete(Score))
+        session.commit()
     ids = candidate_ids(app_store.factory, 4)
     service, loader = counting_service(app_store)
     try:

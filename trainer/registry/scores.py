@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -70,20 +70,27 @@ def record_scores(
         session.execute(statement)
 
 
-def cached_sigmas(session: Session, *, version_id: int) -> dict[int, float]:
-    """candidate id → σ of every candidate `version_id` scored with an uncertainty head."""
-    query = select(Score.candidate_id, Score.log_sigma).where(
-        Score.version_id == version_id, Score.log_sigma.is_not(None)
-    )
-    return {candidate_id: math.exp(log_sigma) for candidate_id, log_sigma in session.execute(query)}
+class StoredScore(NamedTuple):
+    score: float
+    sigma: float | None  # the uncertainty head's σ; None when the version has no such head
+    dimensions: dict[str, float] | None
+
+
+def stored_scores(session: Session, *, version_id: int, candidate_ids: list[int]) -> dict[int, StoredScore]:
+    """The stored score, σ and dimension scores of `version_id` for those of `candidate_ids` that have one."""
+    found: dict[int, StoredScore] = {}
+    for chunk in _chunks(list(dict.fromkeys(candidate_ids))):
+        query = select(Score.candidate_id, Score.score, Score.log_sigma, Score.dimensions).where(
+            Score.version_id == version_id, Score.candidate_id.in_(chunk)
+        )
+        found.update(
+            {cid: StoredScore(score, None if ls is None else math.exp(ls), dims) for cid, score, ls, dims in
+             session.execute(query)}
+        )
+    return found
 
 
 def cached_scores(session: Session, *, version_id: int, candidate_ids: list[int]) -> dict[int, float]:
     """The stored scores of `version_id` for those of `candidate_ids` that have one."""
-    found: dict[int, float] = {}
-    for chunk in _chunks(list(dict.fromkeys(candidate_ids))):
-        query = select(Score.candidate_id, Score.score).where(
-            Score.version_id == version_id, Score.candidate_id.in_(chunk)
-        )
-        found.update({candidate_id: score for candidate_id, score in session.execute(query)})
-    return found
+    stored = stored_scores(session, version_id=version_id, candidate_ids=candidate_ids)
+    return {candidate_id: row.score for candidate_id, row in stored.items()}
