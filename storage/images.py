@@ -32,14 +32,19 @@ than the pixels) is ignored, as browsers ignore it. The row's sha256, width, hei
 the stored bytes, which live at `<blob_dir>/<sha[:2]>/<sha>.<format>`; one row per distinct stored content.
 
 Blobs are written atomically (temp file in the same folder, fsync, `os.replace`) before the row is added, so
-a committed row always has its file. A rolled-back transaction can leave an unreferenced blob behind; it is
-harmless and reused when the same content comes again.
+a committed row always has its file. A file already at a blob's path is trusted only when its bytes hash to the
+blob's sha256 (a file of the right size can still be damaged); anything else is logged and rewritten the same
+atomic way. A rolled-back transaction can leave an unreferenced blob behind; it is reused when the same content
+comes again, and the garbage collection (`storage.gc`) removes it a day later. Storing holds the blob lock
+(`lock_blobs`) until the transaction ends, so the collection never removes a file a transaction in flight is about
+to commit a row for.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import struct
 import tempfile
@@ -48,7 +53,7 @@ from pathlib import Path
 
 import PIL.Image
 from PIL import ExifTags, ImageChops, ImageCms, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -56,7 +61,18 @@ from storage.errors import InvalidInput
 from storage.models import Image
 from storage.settings import Settings
 
-__all__ = ["ImageRejected", "decode_upload", "encode_png", "image_path", "open_image", "store_image", "store_pil_image"]
+__all__ = [
+    "ImageRejected",
+    "decode_upload",
+    "encode_png",
+    "image_path",
+    "lock_blobs",
+    "open_image",
+    "store_image",
+    "store_pil_image",
+]
+
+log = logging.getLogger(__name__)
 
 MAX_ASPECT_RATIO = 50  # longest side / shortest side
 ACCEPTED = "PNG, JPEG or WebP"
@@ -92,6 +108,8 @@ _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 # → the mode converted to; a profile whose space does not match the mode is unusable (ignored, as if absent).
 _PROFILED_MODES = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB"}
 SRGB_TOLERANCE = 2  # levels: an embedded profile that moves no channel further than this counts as sRGB
+# Any constant works; it only has to be the same in every process that stores or collects blobs.
+_BLOB_LOCK_KEY = 0x4A524D42  # "JRMB"
 
 
 class ImageRejected(InvalidInput):
@@ -276,8 +294,9 @@ def _in_srgb(picture: PIL.Image.Image) -> PIL.Image.Image:
     try:
         # A fresh sRGB profile per call (≈ 0.2 ms), so no LittleCMS profile handle is shared between threads.
         srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-        converted = ImageCms.profileToProfile(picture, ImageCms.ImageCmsProfile(io.BytesIO(icc)), srgb,
-                                              outputMode=target)
+        converted = ImageCms.profileToProfile(
+            picture, ImageCms.ImageCmsProfile(io.BytesIO(icc)), srgb, outputMode=target
+        )
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
         return picture  # the pixels are fine without it: stored as if untagged, as browsers would show them
     if converted.mode == picture.mode and _within(converted, picture, SRGB_TOLERANCE):
@@ -317,12 +336,13 @@ def _normalise(picture: PIL.Image.Image) -> PIL.Image.Image:
 def _store_payload(session: Session, *, payload: bytes, fmt: str, size: tuple[int, int], settings: Settings) -> Image:
     """The row for `payload` (found by sha256, or written to disk and added to the session)."""
     sha256 = hashlib.sha256(payload).hexdigest()
+    lock_blobs(session)
     existing = _find_image(session, sha256)
     if existing is not None:
-        _write_blob(image_path(settings, existing), payload)  # restores a lost file; a no-op otherwise
+        _write_blob(image_path(settings, existing), payload, sha256)  # restores a lost or damaged file
         return existing
     row = Image(sha256=sha256, width=size[0], height=size[1], format=fmt, byte_size=len(payload))
-    _write_blob(image_path(settings, row), payload)
+    _write_blob(image_path(settings, row), payload, sha256)
     try:
         with session.begin_nested():  # a savepoint, so a lost race does not spoil the caller's transaction
             session.add(row)
@@ -338,10 +358,33 @@ def _find_image(session: Session, sha256: str) -> Image | None:
     return session.scalars(select(Image).where(Image.sha256 == sha256)).first()
 
 
-def _write_blob(path: Path, payload: bytes) -> None:
-    """Write `payload` to `path` atomically; a complete file already there is left untouched."""
-    if path.is_file() and path.stat().st_size == len(payload):
-        return
+def lock_blobs(session: Session, *, exclusive: bool = False) -> bool:
+    """Hold the blob lock until the session's transaction ends: shared while storing, exclusive while the garbage
+    collection removes files. `exclusive` does not wait: False when a transaction storing images holds it now.
+
+    PostgreSQL: a transaction-level advisory lock. SQLite: nothing to take, every writing transaction already holds
+    the one write lock (`storage.db` begins them with BEGIN IMMEDIATE).
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    if not exclusive:
+        session.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": _BLOB_LOCK_KEY})
+        return True
+    return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _BLOB_LOCK_KEY}))
+
+
+def _file_sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def _write_blob(path: Path, payload: bytes, sha256: str) -> None:
+    """Write `payload` (whose hash is `sha256`) to `path` atomically; a file already there is left untouched only
+    when its bytes hash to `sha256`, else it is logged and replaced."""
+    if path.is_file():
+        if path.stat().st_size == len(payload) and _file_sha256(path) == sha256:
+            return
+        log.warning("blob %s is damaged (its bytes do not hash to its name); rewriting it", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=".incoming-", suffix=".tmp")
     try:

@@ -58,6 +58,14 @@ class Settings:
                                  default=60.0)
     train_processes: int = _help("Training processes per run: 0 = one per visible GPU (one on CPU); "
                                  ">1 runs `accelerate launch --num_processes N`.", default=0)
+    gc_hour: int = _help("Hour (0-23, the worker's time zone) of the worker's daily garbage collection "
+                         "(`python -m trainer gc`); -1: off.", default=4)
+    keep_versions: int = _help("Model versions whose files the garbage collection keeps, newest first, besides the "
+                               "active, the previous and pinned ones (0: keep every version's files).", default=10)
+    snapshot_retention_days: float = _help("Days a finished run's vote snapshot is kept; those of the active, "
+                                           "previous and pinned versions' runs stay (0: keep all).", default=30.0)
+    export_retention_days: float = _help("Days an export under $JRM_DATA_DIR/exports (the Research tab's downloads) "
+                                         "is kept (0: keep all).", default=7.0)
     host: str = _help("Interface the web app binds to; an address other than loopback needs JRM_AUTH=1.",
                       default="127.0.0.1")
     port: int = _help("TCP port of the web app.", default=7860)
@@ -121,6 +129,7 @@ class Settings:
             raise SettingsError(f"JRM_SCORER_DTYPE={self.scorer_dtype!r} is not one of {', '.join(SCORER_DTYPES)} "
                                 "(auto: bfloat16 on CUDA, float32 on CPU).")
         self._check_worker()
+        self._check_retention()
         self._check_app()
         self._check_rewards()
 
@@ -180,6 +189,16 @@ class Settings:
             raise SettingsError("JRM_TRAIN_PROCESSES must be >= 0 (0: one per visible GPU).")
         if self.retrain_cron.strip():
             _check_crontab(self.retrain_cron)
+
+    def _check_retention(self) -> None:
+        if not -1 <= self.gc_hour <= 23:
+            raise SettingsError(f"JRM_GC_HOUR must be an hour from 0 to 23, or -1 to turn the daily garbage "
+                                f"collection off; got {self.gc_hour}.")
+        if self.keep_versions < 0:
+            raise SettingsError("JRM_KEEP_VERSIONS must be >= 0 (0: keep every version's files).")
+        if self.snapshot_retention_days < 0 or self.export_retention_days < 0:
+            raise SettingsError("JRM_SNAPSHOT_RETENTION_DAYS and JRM_EXPORT_RETENTION_DAYS must be >= 0 days "
+                                "(0: keep all).")
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,4 +1,4 @@
-"""The APScheduler 3 scheduler: the worker's four jobs, the store-backed job store, start and stop."""
+"""The APScheduler 3 scheduler: the worker's jobs, the store-backed job store, start and stop."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import text
 
-from storage.db import make_engine
+from storage.db import make_engine, session_factory
 from storage.models import utcnow
 from storage.settings import Settings
 from trainer.worker.process import Command, training_command
@@ -28,6 +28,7 @@ log = logging.getLogger("trainer.worker")
 
 CONSUMER_JOB, HOUSEKEEPING_JOB = "consume-queue", "housekeeping"
 THRESHOLD_JOB, SCHEDULE_JOB = "retrain-threshold", "retrain-schedule"
+GC_JOB = "gc"
 JOBS_TABLE = "apscheduler_jobs"
 _JOBS_TABLE_LOCK_KEY = 0x4A524D53  # "JRMS": PostgreSQL advisory lock around creating the job table
 
@@ -67,13 +68,21 @@ def _job_store(worker: Worker) -> SQLAlchemyJobStore:
     return store
 
 
+def collect_garbage_job(worker: Worker) -> None:
+    """The daily `gc` job: every retention rule (`trainer.retention`), its summary logged."""
+    from trainer.retention import collect_garbage
+
+    report = collect_garbage(session_factory(worker.engine), worker.settings)
+    log.info("%s", "\n".join(report.lines()))
+
+
 def _drop_job(store: SQLAlchemyJobStore, job_id: str) -> None:
     with contextlib.suppress(JobLookupError):
         store.remove_job(job_id)
 
 
 def build_scheduler(worker: Worker, scheduler_class: type[BaseScheduler]) -> BaseScheduler:
-    """A scheduler with the worker's four jobs (disabled retrain jobs are removed from the store)."""
+    """A scheduler with the worker's jobs (disabled retrain jobs are removed from the store)."""
     settings, store = worker.settings, _job_store(worker)
     scheduler = scheduler_class(
         jobstores={"default": store, "local": MemoryJobStore()},
@@ -96,6 +105,9 @@ def build_scheduler(worker: Worker, scheduler_class: type[BaseScheduler]) -> Bas
                           name=SCHEDULE_JOB, **key)
     else:
         _drop_job(store, SCHEDULE_JOB)
+    if settings.gc_hour >= 0:  # per process, like the housekeeping: a second worker's run finds little left
+        scheduler.add_job(collect_garbage_job, CronTrigger(hour=settings.gc_hour, minute=0), args=[worker], id=GC_JOB,
+                          name=GC_JOB, jobstore="local")
     worker.on_enqueue = lambda: _wake(scheduler)
     _workers[worker.store_key] = worker
     logging.getLogger("apscheduler.scheduler").addFilter(_quiet_busy_consumer)
