@@ -67,7 +67,7 @@ class Base(DeclarativeBase):
             "pk": "pk_%(table_name)s",
         }
     )
-    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
 
 
 class User(Base):
@@ -308,3 +308,23 @@ class AnnotatorFlag(Base):
     cleared_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     cleared_reason: Mapped[str | None] = mapped_column(Text)
     cleared_codes: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the reason codes the clearance covers
+
+
+class LeaderboardCache(Base):
+    """The leaderboard as the worker last computed it (BT fit, bootstrap intervals, mean scores), newest row wins.
+
+    The fit and its resampling run in the worker, never in a request; the Leaderboard tab renders the newest row
+    and says how old it is.
+    """
+
+    __tablename__ = "leaderboard_cache"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    computed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))  # whose mean scores
+    vote_watermark: Mapped[int] = mapped_column(Integer)  # the highest vote id it read (0: none)
+    votes: Mapped[int] = mapped_column(Integer)  # votes between different generators in the fit
+    selection: Mapped[dict[str, Any]] = mapped_column(JSON)  # storage.provenance.VoteSelection.to_json()
+    n_bootstrap: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float)  # how long the computation took
+    rows: Mapped[list[Any]] = mapped_column(JSON)  # LeaderboardRow fields per generator, strongest first

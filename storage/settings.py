@@ -86,11 +86,13 @@ class Settings:
                                   "clears the flag).", default=True)
     daily_vote_cap: int = _help("Most votes one annotator may cast per UTC day (0: no cap); a user's own cap "
                                 "(`storage users cap`) wins.", default=0)
+    leaderboard_refresh_s: float = _help("Seconds between the worker's checks whether the leaderboard must be "
+                                         "recomputed (new votes, another active version).", default=60.0)
     sampling: str = _help("Next-pair order: coverage (fewest votes first, uncertainty breaks ties) or active "
                           "(the priority mix alone).", default="coverage")
     sampling_coverage_weight: float = _help("Weight of coverage (few votes) in the pair priority.", default=1.0)
-    sampling_uncertainty_weight: float = _help("Weight of the active scorer's uncertainty in the pair priority.",
-                                               default=1.0)
+    sampling_uncertainty_weight: float = _help("Weight of the active scorer's uncertainty in the pair priority (0 by "
+                                               "default: it did not pay in bench/active_learning.py).", default=0.0)
     sampling_disagreement_weight: float = _help("Weight of disagreement among earlier votes in the pair priority.",
                                                 default=0.5)
     reward_host: str = _help("Interface the reward server (`python -m app.rewards`) binds to; an address other "
@@ -151,6 +153,8 @@ class Settings:
         if unknown:
             raise SettingsError(f"JRM_TRAIN_PROVENANCES names {', '.join(sorted(unknown))}; use a comma-separated "
                                 f"list of {', '.join(VOTE_PROVENANCES)} (empty: the default).")
+        if self.leaderboard_refresh_s <= 0:
+            raise SettingsError("JRM_LEADERBOARD_REFRESH_S must be > 0 seconds.")
         if self.daily_vote_cap < 0:
             raise SettingsError("JRM_DAILY_VOTE_CAP must be >= 0 (0: no cap).")
         if self.sampling not in SAMPLING_MODES:

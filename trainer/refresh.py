@@ -32,6 +32,7 @@ from storage.images import open_image
 from storage.models import Candidate, Image, Pair, Task, Vote
 from storage.provenance import VoteSelection, vote_selection
 from storage.settings import Settings
+from trainer.leaderboard_cache import refresh_board
 from trainer.model import JointRewardModel
 from trainer.prompting import build_example, collate
 from trainer.registry.scores import record_scores
@@ -170,6 +171,7 @@ def refresh_after_publish(
             set_pair_priorities(session, priorities={p: priorities[p] for p in chunk})
     with transaction(factory) as session:
         excluded = audit.write_flags(session, report)
+    refresh_board(factory, settings=settings)  # the new version's mean scores, and flags may change the selection
     return RefreshSummary(
         len(scores), len(priorities), len(report.annotators), sum(excluded.values()), time.monotonic() - started
     )

@@ -12,7 +12,7 @@ import PIL.Image
 import pytest
 from sqlalchemy import func, select
 
-from app.leaderboard import PRIOR, VoteTable, bootstrap_strengths, bradley_terry, leaderboard, win_matrix
+from trainer.leaderboard import PRIOR, VoteTable, bootstrap_strengths, bradley_terry, leaderboard, win_matrix
 from storage.errors import InvalidInput, NotFound
 from storage.images import store_pil_image
 from storage.models import Candidate

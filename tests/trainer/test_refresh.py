@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from sqlalchemy import func, select
 
 from storage.db import transaction
@@ -25,8 +27,10 @@ def test_refresh_scores_every_candidate_and_writes_priorities_and_flags(factory,
     version_id = _version(factory)
     with factory() as session:
         before = dict(session.execute(select(Pair.id, Pair.priority)).all())
+    by_uncertainty = dataclasses.replace(settings, sampling_coverage_weight=0.0, sampling_disagreement_weight=0.0,
+                                         sampling_uncertainty_weight=1.0)
     summary = refresh_after_publish(
-        factory, model=make_model("tiny"), version_id=version_id, promoted=True, settings=settings
+        factory, model=make_model("tiny"), version_id=version_id, promoted=True, settings=by_uncertainty
     )
     with factory() as session:
         candidates = session.scalar(select(func.count()).select_from(Score).where(Score.version_id == version_id))
@@ -35,7 +39,7 @@ def test_refresh_scores_every_candidate_and_writes_priorities_and_flags(factory,
     assert summary.candidates_scored == candidates > 0
     assert summary.pairs_prioritised == len(after) == len(before)
     assert set(before.values()) == {0.0} and len(set(after.values())) > 1  # the model's Δ now ranks the pairs
-    assert all(0.0 <= value <= 2.5 for value in after.values())  # a weighted sum of three terms in [0, 1]
+    assert all(0.0 <= value <= 1.0 for value in after.values())  # the uncertainty term alone, in [0, 1]
     assert flags == summary.annotators_checked > 0
 
 

@@ -28,7 +28,7 @@ log = logging.getLogger("trainer.worker")
 
 CONSUMER_JOB, HOUSEKEEPING_JOB = "consume-queue", "housekeeping"
 THRESHOLD_JOB, SCHEDULE_JOB = "retrain-threshold", "retrain-schedule"
-GC_JOB = "gc"
+GC_JOB, LEADERBOARD_JOB = "gc", "leaderboard"
 JOBS_TABLE = "apscheduler_jobs"
 _JOBS_TABLE_LOCK_KEY = 0x4A524D53  # "JRMS": PostgreSQL advisory lock around creating the job table
 
@@ -76,6 +76,15 @@ def collect_garbage_job(worker: Worker) -> None:
     log.info("%s", "\n".join(report.lines()))
 
 
+def leaderboard_job(worker: Worker) -> None:
+    """The `leaderboard` job: recompute the cached board when votes, the active version or the selection changed."""
+    from trainer.leaderboard_cache import refresh_board
+
+    board = refresh_board(worker.factory, settings=worker.settings)
+    if board is not None:
+        log.info("leaderboard recomputed: %s votes, %.1f s", board.votes, board.seconds)
+
+
 def _drop_job(store: SQLAlchemyJobStore, job_id: str) -> None:
     with contextlib.suppress(JobLookupError):
         store.remove_job(job_id)
@@ -105,6 +114,9 @@ def build_scheduler(worker: Worker, scheduler_class: type[BaseScheduler]) -> Bas
                           name=SCHEDULE_JOB, **key)
     else:
         _drop_job(store, SCHEDULE_JOB)
+    # Per process (the board's key makes a second worker's run a no-op); max_instances 1: a slow fit is not stacked.
+    scheduler.add_job(leaderboard_job, IntervalTrigger(seconds=settings.leaderboard_refresh_s), args=[worker],
+                      id=LEADERBOARD_JOB, name=LEADERBOARD_JOB, jobstore="local", max_instances=1, coalesce=True)
     if settings.gc_hour >= 0:  # per process, like the housekeeping: a second worker's run finds little left
         scheduler.add_job(collect_garbage_job, CronTrigger(hour=settings.gc_hour, minute=0), args=[worker], id=GC_JOB,
                           name=GC_JOB, jobstore="local")

@@ -149,14 +149,33 @@ def leaderboard(
     """Every generator, strongest first (no votes last), with counts of the selected votes and mean scores under
     `version_id`."""
     _check_arguments(version_id, n_bootstrap, seed)
+    return rank(read_inputs(session, version_id=version_id, selection=selection), n_bootstrap=n_bootstrap, seed=seed)
+
+
+@dataclass(frozen=True)
+class LeaderboardInputs:
+    """What the fit needs from the store, read in one go so the fit and its resampling run with no session open."""
+
+    table: VoteTable
+    generators: list[str]  # every generator in the store, voted on or not
+    scores: dict[str, tuple[float, int]]  # generator → (mean score, candidates scored) under the version
+
+
+def read_inputs(session: Session, *, version_id: int | None, selection: VoteSelection = ALL_VOTES) -> LeaderboardInputs:
+    """The selected votes between generators, the generators, and their mean scores under `version_id`."""
     if version_id is not None:
         get_version(session, version_id=version_id)  # NotFound for an unknown version
     table = VoteTable.from_votes(_vote_rows(session, selection))
+    return LeaderboardInputs(table, _all_generators(session, table), _mean_scores(session, version_id))
+
+
+def rank(inputs: LeaderboardInputs, *, n_bootstrap: int = 200, seed: int = 0) -> list[LeaderboardRow]:
+    """Every generator, strongest first (no votes last): the fit, its bootstrap intervals, counts, mean scores."""
+    table, scores = inputs.table, inputs.scores
     strengths, low, high = _fit(table, n_bootstrap=n_bootstrap, seed=seed)
     counts = _counts(table)
-    scores = _mean_scores(session, version_id)
     rows = []
-    for generator in _all_generators(session, table):
+    for generator in inputs.generators:
         i = table.generators.index(generator) if generator in table.generators else None
         wins, losses, ties = counts[i] if i is not None else (0, 0, 0)
         mean_score, n_scored = scores.get(generator, (None, 0))
