@@ -107,3 +107,25 @@ def test_the_fit_holds_no_write_lock(app_store, monkeypatch):
     monkeypatch.setattr(trainer.leaderboard_cache, "rank", slow_rank)
     refresh_board(app_store.factory, settings=app_store.settings, n_bootstrap=10, force=True)
     assert seen == [True]
+
+
+def test_the_worker_schedules_the_board_at_start_and_every_refresh_interval(app_store):
+    import dataclasses
+
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from trainer import worker
+    from trainer.worker.scheduler import LEADERBOARD_JOB, leaderboard_job
+
+    _without_boards(app_store)
+    settings = dataclasses.replace(app_store.settings, leaderboard_refresh_s=90.0)
+    the_worker = worker.Worker(settings)
+    handle = worker.WorkerHandle(the_worker, worker.build_scheduler(the_worker, BackgroundScheduler))
+    try:
+        job = handle.scheduler.get_job(LEADERBOARD_JOB, "local")
+        assert str(job.trigger) == "interval[0:01:30]"
+    finally:
+        handle.stop()
+    leaderboard_job(the_worker)  # what the job does: a board, computed because none was cached
+    with app_store.factory() as session:
+        assert session.scalar(select(func.count()).select_from(LeaderboardCache)) == 1

@@ -116,7 +116,8 @@ def build_scheduler(worker: Worker, scheduler_class: type[BaseScheduler]) -> Bas
         _drop_job(store, SCHEDULE_JOB)
     # Per process (the board's key makes a second worker's run a no-op); max_instances 1: a slow fit is not stacked.
     scheduler.add_job(leaderboard_job, IntervalTrigger(seconds=settings.leaderboard_refresh_s), args=[worker],
-                      id=LEADERBOARD_JOB, name=LEADERBOARD_JOB, jobstore="local", max_instances=1, coalesce=True)
+                      id=LEADERBOARD_JOB, name=LEADERBOARD_JOB, jobstore="local", max_instances=1, coalesce=True,
+                      next_run_time=utcnow())  # at start too: a fresh worker brings a stale board up to date
     if settings.gc_hour >= 0:  # per process, like the housekeeping: a second worker's run finds little left
         scheduler.add_job(collect_garbage_job, CronTrigger(hour=settings.gc_hour, minute=0), args=[worker], id=GC_JOB,
                           name=GC_JOB, jobstore="local")
