@@ -172,6 +172,13 @@ def cmd_flags_clear(args: argparse.Namespace, session: Session, settings: Settin
     _out(f"cleared the flag on {args.name}: their votes train again")
 
 
+def cmd_gold(args: argparse.Namespace, session: Session, settings: Settings) -> None:
+    from storage import audit
+
+    pair = audit.set_gold(session, pair_id=args.pair_id, answer=None if args.clear else args.answer)
+    _out(f"pair {pair.id} is a gold pair with answer {pair.gold}" if pair.gold else f"pair {pair.id} is not gold")
+
+
 def cmd_users_cap(args: argparse.Namespace, session: Session, settings: Settings) -> None:
     user = users.set_daily_cap(session, name=args.name, cap=args.cap)
     _out(f"{user.name} may cast {user.daily_vote_cap or 'any number of'} votes a day"
@@ -245,6 +252,11 @@ def _add_quality(commands, common: argparse.ArgumentParser) -> None:
     clear.add_argument("--reason", required=True, help="why the flag is cleared (kept with it)")
     clear.add_argument("--by", help="the researcher's user name")
     clear.set_defaults(handler=cmd_flags_clear)
+    gold = commands.add_parser("gold", parents=[common], help="mark a pair's known answer (a gold pair) or --clear it")
+    gold.add_argument("pair_id", type=int)
+    gold.add_argument("answer", nargs="?", help="a (candidate A, the lower id, is better), b, tie or both_bad")
+    gold.add_argument("--clear", action="store_true", help="the pair is no longer gold")
+    gold.set_defaults(handler=cmd_gold)
 
 
 def _add_users(commands, common: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, aliased
 
 from storage.agreement import PairVote
 from storage.errors import InvalidInput, NotFound
-from storage.models import AnnotatorFlag, ModelVersion, Pair, Score, User, Vote, utcnow
+from storage.models import GOLD_ANSWERS, AnnotatorFlag, ModelVersion, Pair, Score, User, Vote, utcnow
 from storage.provenance import VoteSelection
 from storage.quality import DEFAULT_THRESHOLDS, AgreementReport, QualityThresholds, annotator_report
 from storage.validation import _text
@@ -91,6 +91,20 @@ def quality_report(
     deltas = version_deltas(session, version_id=version_id) if version_id is not None else None
     gold = gold_answers(session) or None
     return annotator_report(votes, deltas=deltas, gold=gold, thresholds=thresholds)
+
+
+def set_gold(session: Session, *, pair_id: int, answer: str | None) -> Pair:
+    """Mark pair `pair_id` as a gold pair with its known answer in canonical order (a: the lower candidate id is
+    better, b, tie, both_bad), or unmark it (None). Annotators' agreement with gold answers is a quality check."""
+    if answer is not None and answer not in GOLD_ANSWERS:
+        raise InvalidInput(f"a gold answer is one of {', '.join(GOLD_ANSWERS)} (a: candidate A, the lower id, is "
+                           f"better); got {answer!r}.")
+    pair = session.get(Pair, pair_id) if isinstance(pair_id, int) and not isinstance(pair_id, bool) else None
+    if pair is None:
+        raise NotFound(f"pair {pair_id} does not exist; pair ids are in the pairs table (and in exports).")
+    pair.gold = answer
+    session.flush()
+    return pair
 
 
 def write_flags(session: Session, report: AgreementReport) -> dict[str, bool]:

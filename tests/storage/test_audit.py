@@ -97,3 +97,26 @@ def test_cli_agreement_json_and_flag_clearing(session, db_url, make_task, make_u
     assert "train again" in capsys.readouterr().out
     assert main(["agreement", "--database", db_url]) == 0
     assert "Krippendorff's alpha" in capsys.readouterr().out
+
+
+def test_gold_pairs_are_marked_checked_and_cleared(session, db_url, make_task, make_user, vote, capsys):
+    task, (a, b) = make_task(n=2)
+    ann = make_user()
+    vote(task, b, a, annotator_id=ann.id, choice="left")  # chose b
+    session.commit()
+    pair_id = session.query(Pair).one().id
+    with pytest.raises(InvalidInput, match="a gold answer is one of a, b, tie, both_bad"):
+        audit.set_gold(session, pair_id=pair_id, answer="left")
+    with pytest.raises(NotFound, match="pair 999 does not exist"):
+        audit.set_gold(session, pair_id=999, answer="a")
+    session.rollback()  # the CLI writes from another connection: hold no SQLite lock here
+    assert main(["gold", str(pair_id), "a", "--database", db_url]) == 0
+    assert f"pair {pair_id} is a gold pair with answer a" in capsys.readouterr().out
+    session.expire_all()
+    assert audit.gold_answers(session) == {pair_id: "a"}
+    report = audit.quality_report(session, selection=ALL_VOTES)
+    assert report.annotators[0].gold_accuracy == 0.0  # chose b where a is known to be better
+    session.rollback()
+    assert main(["gold", str(pair_id), "--clear", "--database", db_url]) == 0
+    session.expire_all()
+    assert audit.gold_answers(session) == {}
