@@ -1,4 +1,5 @@
-"""`python -m trainer train | evaluate | score | pretrain`: train a version, evaluate one, score an edit, pretrain.
+"""`python -m trainer train | evaluate | score | pretrain | gc | pin | unpin`: train a version, evaluate one, score
+an edit, pretrain; collect garbage (docs/operations.md, "Retention") and pin versions against it.
 
 Bad input (an unknown version, missing files, a negative λ, no version yet) prints one line `error: …` and exits
 with status 2; a training run that fails exits with 1 after recording the error on its row. See docs/training.md.
@@ -48,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     _database_option(train)
     train.add_argument("--run-id", type=_positive_int, help="Run this queued run (its params come from its row).")
     train.add_argument(
+        "--worker-id",
+        help="With --run-id: the worker that already claimed the run (the worker passes its own id); without it "
+        "this command claims the queued run itself and refuses one that is running.",
+    )
+    train.add_argument(
         "--backbone", help="Preset ('tiny-edit' default; see docs/backbones.md), hub id or local folder."
     )
     train.add_argument("--lm-weight", type=_number, help="λ in L = L_pref + λ·L_lm (0: discriminative baseline).")
@@ -87,7 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--checkpoint-every", type=_positive_int, help="Steps between checkpoints (default 250).")
     pretrain.add_argument("--tasks-per-step", type=_positive_int, help="Tasks per step (default 4).")
     pretrain.add_argument("--swap-share", type=float, help="Share of preference pairs that are instruction swaps.")
+    _retention_commands(commands)
     return parser
+
+
+def _retention_commands(commands) -> None:
+    gc = commands.add_parser(
+        "gc",
+        help="Remove unused image blobs, old exports, old run snapshots and old versions' "
+        "files (docs/operations.md, Retention).",
+    )
+    _database_option(gc)
+    gc.add_argument("--dry-run", action="store_true", help="Only print what would be removed.")
+    gc.add_argument("--list", action="store_true", help="One row per removed item instead of one per kind.")
+    for name, does in (("pin", "Keep a version's files whatever its age"), ("unpin", "Let a version's files go")):
+        sub = commands.add_parser(name, help=f"{does} (the garbage collection's version rule).")
+        _database_option(sub)
+        sub.add_argument("version", help="Version name, e.g. v0003.")
 
 
 def _database_option(parser: argparse.ArgumentParser) -> None:
@@ -144,11 +166,11 @@ def _print_json(data: dict[str, Any]) -> None:
 
 
 def command_train(args: argparse.Namespace) -> int:
-    """Create a run (trigger "cli") unless --run-id names one, then train, evaluate, publish and gate it."""
+    """Create a run (trigger "cli") unless --run-id names one, claim it, then train, evaluate, publish and gate it."""
     from accelerate import PartialState
 
-    from storage.db import transaction
-    from trainer.pipeline import create_run, run_training_job
+    from trainer.pipeline import run_training_job
+    from trainer.runs_queue import new_worker_id
 
     params = train_params(args)
     if args.run_id is not None and params:
@@ -156,16 +178,19 @@ def command_train(args: argparse.Namespace) -> int:
             "--run-id trains a queued run with the params stored on its row; drop the other options "
             f"({', '.join('--' + k.replace('_', '-') for k in params)})."
         )
+    if args.worker_id is not None and args.run_id is None:
+        raise CliError("--worker-id names the worker that claimed --run-id; give --run-id too, or drop --worker-id.")
     settings, engine, factory, upgrade = _setup(args)
     state = PartialState()
+    worker_id = args.worker_id or new_worker_id("cli")
+    run_id, refusal = args.run_id, None
     if state.is_main_process:
         upgrade(engine)
-    run_id = args.run_id
-    if run_id is None and state.is_main_process:
-        with transaction(factory) as session:
-            run_id = create_run(session, params=params, trigger="cli").id
-    run_id = _share(state, run_id)
-    version = run_training_job(factory, run_id=run_id, settings=settings)
+        run_id, refusal = _claim(factory, run_id=run_id, params=params, worker_id=worker_id)
+    run_id, refusal = _share(state, (run_id, refusal))  # every process stops on a refusal, not only the main one
+    if refusal is not None:
+        raise CliError(refusal)
+    version = run_training_job(factory, run_id=run_id, settings=settings, worker_id=worker_id)
     if version is not None:
         _print_json(
             {
@@ -178,6 +203,23 @@ def command_train(args: argparse.Namespace) -> int:
             }
         )
     return 0
+
+
+def _claim(factory, *, run_id: int | None, params: dict[str, Any], worker_id: str) -> tuple[int | None, str | None]:
+    """Claim run `run_id` for `worker_id`, or create a "cli" run claimed in the same transaction (so no worker ever
+    sees it queued); (the run's id, None) or (the id given, why it cannot be trained here)."""
+    from storage.db import transaction
+    from storage.errors import InvalidInput, NotFound
+    from trainer.pipeline import create_run
+    from trainer.runs_queue import claim_run
+
+    try:
+        with transaction(factory) as session:
+            claimed = run_id if run_id is not None else create_run(session, params=params, trigger="cli").id
+            claim_run(session, run_id=claimed, worker_id=worker_id)
+    except (InvalidInput, NotFound) as exc:  # e.g. "run 3 is running on worker …": nothing was changed
+        return run_id, str(exc)
+    return claimed, None
 
 
 def _share(state, value: Any) -> Any:
@@ -310,7 +352,49 @@ def command_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": command_train, "evaluate": command_evaluate, "score": command_score, "pretrain": command_pretrain}
+def _store(args: argparse.Namespace):
+    """Settings (with --database) and a migrated store's session factory, without torch."""
+    from storage.db import make_engine, session_factory, upgrade
+    from storage.settings import load_settings
+
+    settings = load_settings(database_url=args.database)
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    return settings, session_factory(engine)
+
+
+def command_gc(args: argparse.Namespace) -> int:
+    """Apply every retention rule (or only report them with --dry-run) and print what went and the bytes freed."""
+    from trainer.retention import collect_garbage
+
+    settings, factory = _store(args)
+    report = collect_garbage(factory, settings, dry_run=args.dry_run)
+    print("\n".join(report.lines(itemised=args.list)))
+    return 0
+
+
+def command_pin(args: argparse.Namespace) -> int:
+    """Pin or unpin a version against the garbage collection."""
+    from storage.db import transaction
+    from trainer.retention import pin_version
+
+    settings, factory = _store(args)
+    with transaction(factory) as session:
+        version = pin_version(session, name=args.version, pinned=args.command == "pin")
+        name = version.name
+    print(f"{name} is {'pinned: its files stay' if args.command == 'pin' else 'no longer pinned'}")
+    return 0
+
+
+COMMANDS = {
+    "train": command_train,
+    "evaluate": command_evaluate,
+    "score": command_score,
+    "pretrain": command_pretrain,
+    "gc": command_gc,
+    "pin": command_pin,
+    "unpin": command_pin,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

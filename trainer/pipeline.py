@@ -1,12 +1,13 @@
 """A training run from its `training_runs` row to a published, gated model version.
 
-`create_run` validates the parameters and queues a row; `run_training_job` runs it: marks it running, snapshots
+`create_run` validates the parameters and queues a row; `run_training_job` runs it: claims it, snapshots
 the votes (or reuses the run's saved snapshot, so a re-run trains on the same data), trains with progress and a
 heartbeat written to the row, evaluates on the held-out split, measures the promotion gate (the candidate, the
 active version and the pixel-rule floor on those same held-out votes, with no transaction open), publishes the
 version and applies the gate's decision, and marks the run succeeded or failed with the error. Under
 `accelerate launch` every process trains and only the main one touches the database and the registry. The worker
-runs `python -m trainer train --run-id N`. The params' validation is in `trainer/run_params.py`, the writes to the
+runs `python -m trainer train --run-id N --worker-id W` for the run it claimed as W; a run is trained only by its
+claimer (`trainer.runs_queue.claim_run`). The params' validation is in `trainer/run_params.py`, the writes to the
 row while training (progress, heartbeat) in `trainer/run_reporter.py`.
 """
 
@@ -53,6 +54,7 @@ from trainer.run_reporter import (
     RunReporter,
     update_run,
 )
+from trainer.runs_queue import claim_run, new_worker_id
 from trainer.train import train
 
 if TYPE_CHECKING:
@@ -101,19 +103,15 @@ def create_run(
 # --- the job ---------------------------------------------------------------------------------------------------
 
 
-def _start_run(factory: sessionmaker[Session], run_id: int) -> dict[str, Any]:
-    """Mark the run running (queued, or already claimed by a worker) and return its raw params."""
+def _start_run(factory: sessionmaker[Session], run_id: int, worker_id: str) -> dict[str, Any]:
+    """Claim the run for `worker_id` (queued, or already claimed by it) and return its raw params.
+
+    A run running under another claimer, or finished, is refused (`InvalidInput`) and left as it is: two trainers
+    must never share a run's snapshot folder and row.
+    """
     with transaction(factory) as session:
-        run = session.get(TrainingRun, run_id, with_for_update=True)
-        if run is None:
-            raise NotFound(f"No training run with id {run_id}.")
-        if run.status not in ("queued", "running"):
-            raise InvalidInput(
-                f"run {run_id} is {run.status}; only queued (or claimed) runs can be trained. Queue a new run instead."
-            )
-        now = utcnow()
-        run.status, run.started_at, run.heartbeat_at, run.error = "running", run.started_at or now, now, None
-        run.progress, run.step = 0.0, 0
+        run = claim_run(session, run_id=run_id, worker_id=worker_id)
+        run.heartbeat_at, run.progress, run.step = utcnow(), 0.0, 0
         return dict(run.params or {})
 
 
@@ -218,12 +216,19 @@ def evaluate_heldout(model: JointRewardModel, snapshot: Snapshot) -> HeldoutEval
     return HeldoutEvaluation(metrics, pairs, delta)
 
 
-def run_training_job(factory: sessionmaker[Session], *, run_id: int, settings: Settings) -> ModelVersion | None:
-    """Train, evaluate, publish and gate run `run_id`; the new version (None on non-main processes)."""
+def run_training_job(
+    factory: sessionmaker[Session], *, run_id: int, settings: Settings, worker_id: str | None = None
+) -> ModelVersion | None:
+    """Train, evaluate, publish and gate run `run_id`; the new version (None on non-main processes).
+
+    `worker_id` is the claimer the run is trained for: the worker that claimed it passes its id; None claims a
+    queued run here under a fresh "cli:…" id. A run held by anyone else is refused.
+    """
     state = PartialState()
     if not state.is_main_process:
         return _follow(factory, run_id=run_id, settings=settings)
-    raw_params = _start_run(factory, run_id)  # an unknown or finished run raises here and changes nothing
+    # An unknown, finished or someone else's run raises here and changes nothing.
+    raw_params = _start_run(factory, run_id, worker_id or new_worker_id("cli"))
     try:
         params = parse_params(raw_params)
         with RunReporter(factory, run_id) as reporter:
@@ -245,7 +250,27 @@ def run_training_job(factory: sessionmaker[Session], *, run_id: int, settings: S
     except BaseException as exc:
         _fail_run(factory, run_id, exc)
         raise
+    if version is not None:
+        _refresh(factory, model=model, version=version, settings=settings)
     return version
+
+
+def _refresh(
+    factory: sessionmaker[Session], *, model: JointRewardModel, version: ModelVersion, settings: Settings
+) -> None:
+    """The new version's scores; after a promotion also queue priorities and quality flags (`trainer.refresh`).
+    A failure leaves the run succeeded: stale priorities only make the queue less sharp."""
+    from trainer.refresh import refresh_after_publish
+
+    promoted = version.status == "active"
+    try:
+        summary = refresh_after_publish(
+            factory, model=model, version_id=version.id, promoted=promoted, settings=settings
+        )
+    except Exception:  # noqa: BLE001 - the run's result stands; the next promotion refreshes again
+        log.exception("refreshing scores, priorities and flags after publishing %s failed", version.name)
+        return
+    log.info("after publishing %s (%s): %s", version.name, version.status, summary)
 
 
 def _follow(factory: sessionmaker[Session], *, run_id: int, settings: Settings) -> None:

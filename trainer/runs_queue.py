@@ -4,13 +4,18 @@ Every function takes the session, never commits, and keeps its work small: the w
 transaction per call, so no session is held while a training process runs. Claiming is atomic on both
 backends: PostgreSQL locks the oldest queued row with `FOR UPDATE SKIP LOCKED` (concurrent claimers take
 different rows); on SQLite the engine's `BEGIN IMMEDIATE` serialises writers, and the claim is in any case a
-guarded `UPDATE … WHERE status = 'queued'` whose row count says whether this caller won. Enqueues made by the
-scheduler (threshold, schedule, first run) take a queue lock first, so two workers checking at the same moment
-queue one run, not two. See docs/operations.md ("Worker").
+guarded `UPDATE … WHERE status = 'queued'` whose row count says whether this caller won. A run is trained only by
+its claimer: the worker's training process and `python -m trainer train --run-id N` both go through `claim_run`,
+which refuses a run another worker holds. Enqueues made by the scheduler (threshold, schedule, first run) take a
+queue lock first, so two workers checking at the same moment queue one run, not two, and back off after automatic
+runs failed (`trainer.runs_backoff`). See docs/operations.md ("Worker").
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,6 +26,7 @@ from storage.demo import DEMO_ORIGIN
 from storage.errors import InvalidInput, NotFound
 from storage.models import Image, Task, TrainingRun, Vote, utcnow
 from storage.provenance import ALL_VOTES, VoteSelection
+from trainer.runs_backoff import AUTOMATIC_TRIGGERS, BACKOFF_BASE, automatic_hold
 
 ACTIVE_STATUSES = ("queued", "running")
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
@@ -103,6 +109,22 @@ def cancel_run(session: Session, *, run_id: int) -> TrainingRun:
 # --- claiming and supervising (the worker) ---------------------------------------------------------------------
 
 
+def new_worker_id(kind: str = "worker") -> str:
+    """A claimer's id for `training_runs.worker_id`: "<kind>:<host>:<pid>:<random>" (unique per process and call)."""
+    return f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _claim_queued(session: Session, *, run_id: int, worker_id: str) -> bool:
+    """The guarded UPDATE: mark the run running for `worker_id` if it is still queued; whether this caller won."""
+    now = utcnow()
+    claim = (
+        update(TrainingRun)
+        .where(TrainingRun.id == run_id, TrainingRun.status == "queued")
+        .values(status="running", worker_id=worker_id, started_at=now, heartbeat_at=now, error=None)
+    )
+    return session.execute(claim).rowcount == 1
+
+
 def claim_next_run(session: Session, *, worker_id: str) -> TrainingRun | None:
     """Mark the oldest queued run running for `worker_id` and return it; None when nothing is queued (or lost)."""
     oldest = (
@@ -113,17 +135,32 @@ def claim_next_run(session: Session, *, worker_id: str) -> TrainingRun | None:
         .with_for_update(skip_locked=True)  # PostgreSQL; SQLite renders nothing and relies on BEGIN IMMEDIATE
     )
     run_id = session.scalar(oldest)
-    if run_id is None:
-        return None
-    now = utcnow()
-    claim = (
-        update(TrainingRun)
-        .where(TrainingRun.id == run_id, TrainingRun.status == "queued")
-        .values(status="running", worker_id=worker_id, started_at=now, heartbeat_at=now, error=None)
-    )
-    if session.execute(claim).rowcount != 1:
-        return None  # another claimer won this row between the read and the write
+    if run_id is None or not _claim_queued(session, run_id=run_id, worker_id=worker_id):
+        return None  # nothing queued, or another claimer won this row between the read and the write
     return session.get(TrainingRun, run_id, populate_existing=True)
+
+
+def claim_run(session: Session, *, run_id: int, worker_id: str) -> TrainingRun:
+    """Claim run `run_id` for `worker_id` when queued, or return it when `worker_id` already holds it (the worker
+    claimed it for its training process); `InvalidInput` when it runs under another claimer or has finished."""
+    if not _claim_queued(session, run_id=run_id, worker_id=worker_id):
+        run = session.get(TrainingRun, run_id, populate_existing=True)
+        if run is None:
+            raise NotFound(f"No training run with id {run_id}; `python -m trainer.worker runs` lists them.")
+        if run.status != "running" or run.worker_id != worker_id:
+            raise InvalidInput(_not_claimable(run))
+    return session.get(TrainingRun, run_id, populate_existing=True)
+
+
+def _not_claimable(run: TrainingRun) -> str:
+    """Why `claim_run` refused `run`, and what to do instead."""
+    if run.status == "running":
+        holder = f"worker {run.worker_id}" if run.worker_id else "a trainer that recorded no worker id"
+        return (
+            f"run {run.id} is running on {holder}; two trainers must not share its snapshot. Wait for it to "
+            f"end, or cancel it (`python -m trainer.worker cancel {run.id}`) and queue a new run."
+        )
+    return f"run {run.id} is {run.status}; only queued runs can be trained. Queue a new run instead."
 
 
 def beat(session: Session, *, run_id: int, worker_id: str) -> bool:
@@ -152,8 +189,11 @@ def fail_run(session: Session, *, run_id: int, error: str, only_if_running: bool
     query = update(TrainingRun).where(TrainingRun.id == run_id)
     if only_if_running:
         query = query.where(TrainingRun.status == "running")
-    values = {"status": "failed", "error": error[-MAX_ERROR_CHARS:],
-              "finished_at": func.coalesce(TrainingRun.finished_at, utcnow())}
+    values = {
+        "status": "failed",
+        "error": error[-MAX_ERROR_CHARS:],
+        "finished_at": func.coalesce(TrainingRun.finished_at, utcnow()),
+    }
     return session.execute(query.values(**values)).rowcount == 1
 
 
@@ -171,8 +211,10 @@ def recover_stale_runs(
     stale = session.scalars(query.with_for_update(skip_locked=True)).all()
     for run in stale:
         last = run.heartbeat_at or run.started_at
-        run.error = (f"worker heartbeat expired at {last.isoformat(timespec='seconds')} (worker {run.worker_id}); "
-                     "the worker or its training process died. Queue a new run to train again.")
+        run.error = (
+            f"worker heartbeat expired at {last.isoformat(timespec='seconds')} (worker {run.worker_id}); "
+            "the worker or its training process died. Queue a new run to train again."
+        )
         # No worker holds it any more: should the lost worker come back, it sees that and stops its child at once.
         run.status, run.finished_at, run.worker_id = "failed", utcnow(), None
     session.flush()
@@ -201,19 +243,36 @@ def _lock_queue(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _QUEUE_LOCK_KEY})
 
 
-def enqueue_if_idle(session: Session, *, trigger: str) -> TrainingRun | None:
-    """Queue a run with the default parameters unless one is already queued or running (then None)."""
+def _held(session: Session, *, trigger: str, base: timedelta, now: datetime | None) -> bool:
+    """Whether a run of `trigger` must wait: one is queued or running, or automatic runs back off (or are paused)."""
+    if pending_run(session) is not None:
+        return True
+    return trigger in AUTOMATIC_TRIGGERS and automatic_hold(session, base=base, now=now) is not None
+
+
+def enqueue_if_idle(
+    session: Session, *, trigger: str, backoff: timedelta = BACKOFF_BASE, now: datetime | None = None
+) -> TrainingRun | None:
+    """Queue a run with the default parameters unless one is queued or running, or automatic runs wait (then None)."""
     _lock_queue(session)
-    return _queue_default_run(session, trigger=trigger) if pending_run(session) is None else None
+    if _held(session, trigger=trigger, base=backoff, now=now):
+        return None
+    return _queue_default_run(session, trigger=trigger)
 
 
 def enqueue_if_threshold(
-    session: Session, *, min_votes: int, selection: VoteSelection = ALL_VOTES
+    session: Session,
+    *,
+    min_votes: int,
+    selection: VoteSelection = ALL_VOTES,
+    backoff: timedelta = BACKOFF_BASE,
+    now: datetime | None = None,
 ) -> TrainingRun | None:
-    """Queue a "threshold" run when >= `min_votes` new selected training votes arrived since the last succeeded run."""
+    """Queue a "threshold" run when >= `min_votes` new selected training votes arrived since the last succeeded run
+    (and automatic runs do not back off after failures: `automatic_hold`)."""
     _load_split()
     _lock_queue(session)
-    if pending_run(session) is not None:
+    if _held(session, trigger="threshold", base=backoff, now=now):
         return None
     if new_training_votes(session, after_vote_id=last_vote_watermark(session), selection=selection) < min_votes:
         return None

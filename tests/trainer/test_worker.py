@@ -35,8 +35,14 @@ from trainer.worker import scheduler as worker_scheduler
 from trainer.worker.__main__ import main as worker_cli
 
 REPO = Path(__file__).parents[2]
-FAST = {"JRM_QUEUE_POLL_S": "0.5", "JRM_HEARTBEAT_S": "1", "JRM_STALE_AFTER_S": "6", "JRM_RETRAIN_CHECK_MINUTES": "0",
-        "JRM_TORCH_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+FAST = {
+    "JRM_QUEUE_POLL_S": "0.5",
+    "JRM_HEARTBEAT_S": "1",
+    "JRM_STALE_AFTER_S": "6",
+    "JRM_RETRAIN_CHECK_MINUTES": "0",
+    "JRM_TORCH_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+}
 LONG_RUN = {"epochs": 500, "log_every": 1}  # far longer than any test waits: it is killed or cancelled mid-way
 TIMEOUT_S = 150
 Store = tuple[str, sessionmaker[Session], sessionmaker[Session]]  # URL, sessions, read-only sessions for polling
@@ -160,8 +166,10 @@ def test_first_run_failures_kills_cancel_and_restart_with_real_training(tmp_path
 
         # Params that fail in the training process: failed, with the child's message and its exit code.
         bad = enqueue(factory, {"backbone": str(tmp_path / "no-such-backbone"), "max_steps": 1})
-        failed = wait_for(lambda: run_in(reader, bad, "succeeded") or _with_exit_code(read_run(reader, bad)),
-                          what="the failing run to be recorded")
+        failed = wait_for(
+            lambda: run_in(reader, bad, "succeeded") or _with_exit_code(read_run(reader, bad)),
+            what="the failing run to be recorded",
+        )
         assert failed.status == "failed" and "Could not load backbone" in failed.error
         assert "(The training process exited with code 1; full log: " in failed.error
 
@@ -233,7 +241,7 @@ STAND_IN_WORKER = textwrap.dedent("""
     import sys
     from storage.settings import load_settings
     from trainer.worker import run_worker
-    run_worker(load_settings(), command=lambda _, run_id: [sys.executable, "-c", {code!r}, str(run_id), {ledger!r}])
+    run_worker(load_settings(), command=lambda _, run_id, _w: [sys.executable, "-c", {code!r}, str(run_id), {ledger!r}])
 """)
 
 
@@ -348,13 +356,20 @@ def test_cli_logs(tmp_path, db_url, factory, capsys):
 def test_the_child_sees_the_workers_settings(settings):
     tuned = replace(settings, heartbeat_s=1.5, retrain_cron="0 3 * * *", torch_threads=1)
     env = worker.child_environment(tuned)
-    assert load_settings(environ=env) == replace(tuned, data_dir=settings.data_dir.resolve(),
-                                                  database_url=tuned.resolved_database_url)
+    assert load_settings(environ=env) == replace(
+        tuned, data_dir=settings.data_dir.resolve(), database_url=tuned.resolved_database_url
+    )
 
 
 def test_training_command_uses_accelerate_for_several_processes(settings):
     assert worker.training_command(replace(settings, train_processes=1), 4) == [
-        sys.executable, "-m", "trainer", "train", "--run-id", "4"]
+        sys.executable,
+        "-m",
+        "trainer",
+        "train",
+        "--run-id",
+        "4",
+    ]
     command = worker.training_command(replace(settings, train_processes=2), 4)
     assert command[1:6] == ["-m", "accelerate.commands.launch", "--num_processes", "2", "-m"]
     assert command[6:] == ["trainer", "train", "--run-id", "4"]

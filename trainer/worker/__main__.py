@@ -19,6 +19,7 @@ from storage.db import make_engine, session_factory, transaction, upgrade
 from storage.errors import InvalidInput, NotFound
 from storage.settings import Settings, SettingsError, load_settings
 from trainer import runs_queue
+from trainer.runs_backoff import automatic_runs_alert
 from trainer.worker.scheduler import run_worker
 
 log = logging.getLogger("trainer.worker")
@@ -100,14 +101,17 @@ def command_cancel(args: argparse.Namespace) -> int:
 
 
 def command_runs(args: argparse.Namespace) -> int:
-    """Print the newest runs as a table."""
+    """Print the newest runs as a table, and the alert when automatic runs are paused after failures."""
     with _sessions(args, read_only=True) as factory, factory() as session:
         runs = runs_queue.list_runs(session, limit=args.limit)
+        alert = automatic_runs_alert(session)
     print(f"{'id':>5}  {'status':<10} {'trigger':<10} {'progress':>8}  {'created (UTC)':<19}  error")
     for run in runs:
         error = (run.error or "").strip().splitlines()[0][:70] if run.error else ""
         created = run.created_at.strftime("%Y-%m-%d %H:%M:%S")
         print(f"{run.id:>5}  {run.status:<10} {run.trigger:<10} {run.progress:>8.0%}  {created:<19}  {error}")
+    if alert is not None:
+        print(f"\nwarning: {alert}")
     return 0
 
 
@@ -134,8 +138,13 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": command_run, "enqueue": command_enqueue, "cancel": command_cancel, "runs": command_runs,
-            "logs": command_logs}
+COMMANDS = {
+    "run": command_run,
+    "enqueue": command_enqueue,
+    "cancel": command_cancel,
+    "runs": command_runs,
+    "logs": command_logs,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

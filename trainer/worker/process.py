@@ -13,7 +13,9 @@ from pathlib import Path
 
 from storage.settings import Settings, env_name
 
-Command = Callable[[Settings, int], list[str]]  # (settings, run id) → the training process's argv
+# (settings, run id, the worker id that claimed it) → the training process's argv; the id travels so the process
+# trains the run as its claimer (`trainer.runs_queue.claim_run`) and refuses it if it was taken meanwhile.
+Command = Callable[[Settings, int, str], list[str]]
 
 TERMINATE_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
 LOG_TAIL_LINES, LOG_TAIL_BYTES = 25, 4000
@@ -40,9 +42,9 @@ def process_count(settings: Settings) -> int:
     return max(torch.cuda.device_count(), 1)
 
 
-def training_command(settings: Settings, run_id: int) -> list[str]:
-    """`python -m trainer train --run-id N`, under `accelerate launch --num_processes K` when K > 1."""
-    train = ["trainer", "train", "--run-id", str(run_id)]
+def training_command(settings: Settings, run_id: int, worker_id: str | None = None) -> list[str]:
+    """`python -m trainer train --run-id N --worker-id W`, under `accelerate launch --num_processes K` when K > 1."""
+    train = ["trainer", "train", "--run-id", str(run_id), *(["--worker-id", worker_id] if worker_id else [])]
     processes = process_count(settings)
     if processes > 1:
         return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "-m", *train]

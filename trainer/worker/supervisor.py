@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import signal
-import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from storage.models import TrainingRun, utcnow
 from storage.provenance import vote_selection
 from storage.settings import Settings
 from trainer import runs_queue
+from trainer.runs_backoff import automatic_hold, automatic_runs_alert, backoff_base
 from trainer.worker.process import (
     Command,
     child_environment,
@@ -51,7 +49,8 @@ class Worker:
         self.factory: sessionmaker[Session] = session_factory(self.engine)
         self.reader: sessionmaker[Session] = session_factory(self.engine, read_only=True)  # no SQLite write lock
         self.command = command
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.worker_id = runs_queue.new_worker_id("worker")
+        self.backoff = backoff_base(settings.retrain_check_minutes)  # the first wait after a failed automatic run
         self.store_key = hashlib.sha256(settings.resolved_database_url.encode()).hexdigest()[:16]
         self.stopping = threading.Event()
         self.busy = threading.Lock()  # held while claiming and executing a run
@@ -65,14 +64,19 @@ class Worker:
         for path in sweep_incomplete(self.settings):
             log.warning("removed an incomplete model version folder %s", path)
         self.housekeeping()
+        with self.reader() as session:
+            alert = automatic_runs_alert(session)
+        if alert is not None:
+            log.warning("%s", alert)
 
     # jobs ---------------------------------------------------------------------------------------------------
 
     def housekeeping(self) -> None:
         """Fail runs whose heartbeat expired; queue the first run on a fresh install."""
         with transaction(self.factory) as session:
-            stale = runs_queue.recover_stale_runs(session, stale_after_s=self.settings.stale_after_s,
-                                                  alive_worker_id=self.worker_id)
+            stale = runs_queue.recover_stale_runs(
+                session, stale_after_s=self.settings.stale_after_s, alive_worker_id=self.worker_id
+            )
             for run in stale:
                 log.warning("run %s failed: %s", run.id, run.error)
         with self.reader() as session:  # checked first without the pipeline's slow import or the write lock
@@ -82,18 +86,35 @@ class Worker:
             self._enqueue("first_run", lambda session: runs_queue.enqueue_first_run(session, max_steps=max_steps))
 
     def check_threshold(self) -> None:
-        """Queue a "threshold" run when enough new training votes arrived."""
-        min_votes, settings = self.settings.retrain_min_votes, self.settings
+        """Queue a "threshold" run when enough new training votes arrived (unless automatic runs are held)."""
+        min_votes, settings, backoff = self.settings.retrain_min_votes, self.settings, self.backoff
+        if self._automatic_runs_held("threshold"):
+            return
 
         def enqueue(session: Session) -> TrainingRun | None:
             selection = vote_selection(session, settings=settings)
-            return runs_queue.enqueue_if_threshold(session, min_votes=min_votes, selection=selection)
+            return runs_queue.enqueue_if_threshold(session, min_votes=min_votes, selection=selection, backoff=backoff)
 
         self._enqueue("threshold", enqueue)
 
     def check_schedule(self) -> None:
-        """Queue a "schedule" run (unless one is already queued or running)."""
-        self._enqueue("schedule", lambda session: runs_queue.enqueue_if_idle(session, trigger="schedule"))
+        """Queue a "schedule" run (unless one is already queued or running, or automatic runs are held)."""
+        if self._automatic_runs_held("schedule"):
+            return
+        backoff = self.backoff
+        self._enqueue(
+            "schedule", lambda session: runs_queue.enqueue_if_idle(session, trigger="schedule", backoff=backoff)
+        )
+
+    def _automatic_runs_held(self, check: str) -> bool:
+        """Log and skip a check while automatic runs back off after failures or are paused (read without a lock)."""
+        with self.reader() as session:
+            hold = automatic_hold(session, base=self.backoff)
+        if hold is None:
+            return False  # the enqueue checks again, under the queue lock
+        level = logging.WARNING if hold.until is None else logging.INFO  # paused: a person has to act
+        log.log(level, "%s check skipped: %s", check, hold.reason)
+        return True
 
     def _enqueue(self, what: str, enqueue: Callable[[Session], TrainingRun | None]) -> None:
         with transaction(self.factory) as session:
@@ -137,16 +158,21 @@ class Worker:
         return path
 
     def _spawn(self, run_id: int, log_path: Path) -> subprocess.Popen:
-        command = self.command(self.settings, run_id)
+        command = self.command(self.settings, run_id, self.worker_id)
         with log_path.open("ab") as out:
             header = f"=== {utcnow().isoformat(timespec='seconds')} worker {self.worker_id}: {' '.join(command)}\n"
             out.write(header.encode())
             out.flush()
             # Its own session: a Ctrl-C in the worker's terminal reaches the worker, which stops the child itself,
             # and killing the group also ends anything the child started (accelerate's ranks, data loaders).
-            return subprocess.Popen(with_parent_death(command), stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=child_environment(self.settings),
-                                    start_new_session=True)
+            return subprocess.Popen(
+                with_parent_death(command),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=child_environment(self.settings),
+                start_new_session=True,
+            )
 
     def _supervise(self, child: subprocess.Popen, run_id: int) -> str | None:
         """Heartbeat until the child exits; stop it on cancel or shutdown. Returns why it was stopped, if so."""
@@ -190,8 +216,12 @@ class Worker:
             if error is not None:
                 runs_queue.fail_run(session, run_id=run_id, error=error, only_if_running=run.status == "running")
             status = run.status
-        log.info("run %s ended: %s%s", run_id, status,
-                 "" if returncode is None else f" (training process {describe_exit(returncode)})")
+        log.info(
+            "run %s ended: %s%s",
+            run_id,
+            status,
+            "" if returncode is None else f" (training process {describe_exit(returncode)})",
+        )
 
 
 def _end_error(run: TrainingRun, *, returncode: int | None, log_path: Path, stopped: str | None) -> str | None:
