@@ -21,7 +21,8 @@ from tests.app.handler_support import PASSWORD, add_users, make_deps, served_app
 
 PUBLIC_API = {
     "whoami", "next_pair", "submit_vote", "skip_pair", "score", "leaderboard", "dataset_stats", "model_versions",
-    "trigger_retrain", "training_runs", "cancel_run", "promote_version", "rollback", "export_votes", "list_users",
+    "trigger_retrain", "training_runs", "cancel_run", "promote_version", "rollback", "export_votes", "version_accuracy",
+    "annotator_quality", "clear_flag", "list_users",
     "create_user", "set_role", "deactivate_user",
 }
 
