@@ -53,6 +53,8 @@ CSS = """
 .jrm-progress { position: relative; min-width: 120px; height: 18px; border-radius: 4px; background: #e5e7eb; }
 .jrm-progress-fill { height: 100%; border-radius: 4px; background: #3b82f6; transition: width 0.5s; }
 .jrm-progress-label { position: absolute; inset: 0; text-align: center; font-size: 12px; line-height: 18px; }
+.jrm-alert { margin-top: 0.4em; padding: 0.4em 0.8em; border-radius: 6px; background: #fef2f2; color: #991b1b;
+              border: 1px solid #fca5a5; }
 """
 CLEAR_FORM_JS = f"() => {json.dumps(annotate.EMPTY_FORM)}"  # after a vote, in the browser: no server call
 SHORTCUTS = ("Keys: **1** or **←** left · **2** or **→** right · **3** or **t** tie · **4** or **b** both bad · "

@@ -23,13 +23,16 @@ from sqlalchemy.orm import Session
 from app.auth import require_researcher
 from app.deps import Deps
 from app.handlers import user_errors
+from app.handlers.session import scorer_alert
 from app.render import duration, html_table, progress_bar, text
+from app.scoring import LoadFailure
 from storage.db import transaction
 from storage.exporters import export_editreward, export_hf, export_trl
 from storage.models import ModelVersion, TrainingRun, User
 from storage.stats import dataset_stats, votes_over_time
 from trainer.backbones import preset_names
 from trainer.registry import list_versions, promote_version, rollback
+from trainer.runs_backoff import automatic_runs_alert
 from trainer.runs_queue import cancel_run, enqueue_run, get_run, list_runs
 
 RUNS_SHOWN = 15
@@ -188,8 +191,9 @@ def loss_curves(run: TrainingRun | None) -> pd.DataFrame:
 def runs_view(deps: Deps, run_id: float | None, request: gr.Request) -> RunsView:
     """The runs table and the loss curves of run `run_id` (blank: the newest run)."""
     require_researcher(deps, request)
-    with user_errors(), deps.factory() as session:
-        table = runs_table(session)
+    with user_errors(), deps.reader() as session:
+        alert = automatic_runs_alert(session)
+        table = (f'<div class="jrm-alert" role="alert">{text(alert)}</div>' if alert else "") + runs_table(session)
         if run_id:
             run = get_run(session, run_id=_whole(run_id, "run"))
         else:
@@ -232,16 +236,24 @@ def _gate_cells(metrics: dict[str, Any] | None) -> list[str]:
     return [floor_cell, _interval(gate, "diff_vs_floor_ci95"), versus]
 
 
-def _version_row(version: ModelVersion) -> list[object]:
+def _status_cell(version: ModelVersion, failure: LoadFailure | None) -> str:
+    """The status, and for the active version the scorer could not load, why: "active (failed to load: …)"."""
+    if version.status == "active" and failure is not None and failure.version_id == version.id:
+        return f"active (failed to load: {failure.short_error})"
+    return version.status
+
+
+def _version_row(version: ModelVersion, failure: LoadFailure | None = None) -> list[object]:
     lm_weight = ((version.config or {}).get("jrm") or {}).get("lm_weight")
     metrics = [_metric(version.metrics, path) for _, path in METRIC_COLUMNS]
-    return [version.name, version.status, version.reason or "", *_gate_cells(version.metrics), version.run_id,
-            version.backbone, lm_weight, f"{version.created_at:%Y-%m-%d %H:%M}", *metrics]
+    return [version.name, _status_cell(version, failure), version.reason or "", *_gate_cells(version.metrics),
+            version.run_id, version.backbone, lm_weight, f"{version.created_at:%Y-%m-%d %H:%M}", *metrics]
 
 
-def _versions(session: Session) -> VersionsView:
+def _versions(deps: Deps, session: Session) -> VersionsView:
     versions = list_versions(session)
-    table = pd.DataFrame([_version_row(v) for v in versions], columns=VERSION_COLUMNS)
+    failure = None if deps.scoring is None else deps.scoring.load_failure  # from memory
+    table = pd.DataFrame([_version_row(v, failure) for v in versions], columns=VERSION_COLUMNS)
     names = [v.name for v in versions]
     return VersionsView(table, gr.Dropdown(choices=names, value=names[0] if names else None))
 
@@ -250,8 +262,8 @@ def versions_view(deps: Deps, request: gr.Request) -> VersionsView:
     """Every version with its held-out metrics and the gate's verdict (status, reason, floor, intervals), newest
     first."""
     require_researcher(deps, request)
-    with deps.factory() as session:
-        return _versions(session)
+    with deps.reader() as session:
+        return _versions(deps, session)
 
 
 def _version_id(session: Session, name: str | None) -> int:
@@ -284,12 +296,15 @@ def roll_back(deps: Deps, request: gr.Request) -> SwitchView:
 
 
 def _after_switch(deps: Deps, message: str) -> SwitchView:
-    with deps.factory() as session:
-        return SwitchView(message, *_versions(session))
+    """The switch's message, with a warning when the scorer could not load the version now active."""
+    with deps.reader() as session:
+        return SwitchView(message + scorer_alert(deps, detail=True), *_versions(deps, session))
 
 
 def _refresh_scorer(deps: Deps) -> None:
-    # The scorer's poller would notice within its interval; asking now makes the switch visible at once.
+    # The scorer's poller would notice within its interval; asking now makes the switch visible at once. A rollback
+    # to the version served before swaps at once (the service keeps it in memory); another version is loaded first,
+    # the current one serving until it is in, and a failed load is kept by the service (`_after_switch` shows it).
     if deps.scoring is not None:
         deps.scoring.refresh()
 

@@ -3,10 +3,16 @@
 `ScoringService` (`service.py`) holds one *serving* reference: (version id, name, model). A poller thread (`start()`)
 asks the DB for the active version every `poll_interval_s`; when it changed, it loads the new version's files
 (hash-checked, with the one scorer loader `trainer.scorer.load_scorer_model`: the LM head is never loaded) while the
-old model keeps serving, then swaps the reference under a lock. Requests never wait for a load. A version that fails
-to load (missing or corrupt folder, a LoRA version whose base changed) is logged, kept in `last_error`, and retried
-only after `RETRY_FAILED_S`; the previous model keeps serving meanwhile. While a new model loads, two models are in
-memory.
+old model keeps serving, then swaps the reference under a lock. Requests never wait for a load. The model it
+replaces is kept as the *previous* one, so a rollback to it swaps at once with no load (so does a version that is
+pinned); any other version is loaded in full first, and only then swapped in. Memory: the serving model plus the
+previous one, i.e. one extra scorer model (its weights at the scorer's dtype on the device, without the LM head),
+plus up to `MAX_PINNED` pinned ones; the previous model is dropped before a load from disk, so a load never holds a
+third and the peak stays at two models, as before the previous one was kept. A version that fails to load
+(missing or corrupt folder, a LoRA version whose base changed) is logged, kept as the service's `load_failure` (a
+`LoadFailure`: version, error, when; `status()` pairs it with the serving version for the app's header and Research
+tab) until that version loads or the active version serves, and retried only after `RETRY_FAILED_S`; the current
+model keeps serving meanwhile.
 
 Requests (Gradio's worker threads, the reward server's request threads) put one item per image into a queue; a
 single inference thread (`batching.py`) takes up to `max_batch` items, waiting at most `batch_wait_ms` for more after
@@ -38,8 +44,10 @@ from app.scoring.batching import Overloaded
 from app.scoring.inputs import MAX_UPLOAD_EDITS
 from app.scoring.service import ScoringService
 from app.scoring.versions import (
+    LoadFailure,
     NoScorerYet,
     ScoredItem,
+    ScorerStatus,
     ServedVersion,
     VersionLoading,
     VersionUnavailable,
@@ -48,9 +56,11 @@ from app.scoring.versions import (
 
 __all__ = [
     "MAX_UPLOAD_EDITS",
+    "LoadFailure",
     "NoScorerYet",
     "Overloaded",
     "ScoredItem",
+    "ScorerStatus",
     "ServedVersion",
     "ScoringService",
     "VersionLoading",

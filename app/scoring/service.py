@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -27,9 +28,11 @@ from app.scoring.inputs import (
 from app.scoring.pinned import PinnedVersions, State
 from app.scoring.versions import (
     Loader,
+    LoadFailure,
     ModelScore,
     NoScorerYet,
     ScoredItem,
+    ScorerStatus,
     ServedVersion,
     Serving,
     floor_verdict,
@@ -88,10 +91,13 @@ class ScoringService(CandidateRequests):
         self._after_swap = after_swap  # called once the old model is dropped (the app settles its heap: app.heap)
         self._device = device or default_device()
         self._serving: Serving | None = None
+        # The model served before `_serving`, kept so that a rollback to it swaps at once (one extra model in memory;
+        # dropped before any load from disk, so a load never holds three).
+        self._previous: Serving | None = None
         self._cache = CandidateScoreCache(factory)
         self._pending: dict[int, Future] = {}  # candidate id → its queued computation (shared by requests)
-        self._failed: tuple[int, float] | None = None  # (version id, monotonic time) of the last failed load
-        self.last_error: str | None = None
+        self._failure: LoadFailure | None = None  # the active version's failed load, shown by the app
+        self._failed_monotonic = 0.0  # when it was last tried (RETRY_FAILED_S counts from here)
         self._batcher = Batcher(
             lambda: self._serving, max_batch=max_batch, batch_wait_s=batch_wait_ms / 1000, max_queue=max_queue
         )
@@ -151,8 +157,27 @@ class ScoringService(CandidateRequests):
         serving = self._serving
         return None if serving is None else ServedVersion(serving.version_id, serving.name, serving.passed_floor)
 
+    @property
+    def load_failure(self) -> LoadFailure | None:
+        """The active version's failed load (None when it serves, or nothing failed). Answers from memory."""
+        return self._failure
+
+    @property
+    def last_error(self) -> str | None:
+        """The failed load as one sentence; None when nothing failed."""
+        failure = self._failure
+        return None if failure is None else f"Could not load model version {failure.name}: {failure.error}"
+
+    def status(self) -> ScorerStatus:
+        """The serving version and the active version's failed load, read together. Answers from memory."""
+        with self._swap_lock:
+            return ScorerStatus(self.served, self._failure)
+
     def refresh(self) -> bool:
-        """Check the active version once and load it if it changed; True when the serving model was swapped."""
+        """Check the active version once and swap to it if it changed; True when the serving model was swapped.
+
+        The model comes from memory when it is the previous one (a rollback) or pinned; else it is loaded in full
+        while the current one keeps serving, and swapped in only once loaded."""
         with self._refresh_lock:
             target = self._active_target()
             if target is None:
@@ -160,13 +185,31 @@ class ScoringService(CandidateRequests):
             self._update_verdict(target)
             if not self._should_load(target.version_id):
                 return False
-            try:
-                serving = self._load_target(target)
-            except Exception as exc:  # noqa: BLE001 - any load failure: keep serving the previous model
-                self._record_failure(target.version_id, target.name, exc)
-                return False
+            serving = self._in_memory(target)
+            if serving is None:
+                if self._drop_previous():
+                    self._release()  # before the load, so its memory is free for the new model
+                try:
+                    serving = self._load_target(target)
+                except Exception as exc:  # noqa: BLE001 - any load failure: keep serving the current model
+                    self._record_failure(target.version_id, target.name, exc)
+                    return False
             self._swap(serving)
             return True
+
+    def _in_memory(self, target: _Target) -> Serving | None:
+        """`target`'s model when memory holds it (the previous one, or pinned), with the DB's floor verdict."""
+        previous = self._previous
+        if previous is None or previous.version_id != target.version_id:
+            pinned = (s for s in self._pinned.loaded() if s.version_id == target.version_id)
+            previous = next(pinned, None)
+        return None if previous is None else replace(previous, passed_floor=target.passed_floor)
+
+    def _drop_previous(self) -> bool:
+        """Forget the previous model; True when there was one."""
+        with self._swap_lock:
+            dropped, self._previous = self._previous, None
+        return dropped is not None
 
     def _load_target(self, target: _Target) -> Serving:
         """`target`'s files hash-checked, then loaded by the one scorer loader (slow: never in a request)."""
@@ -197,40 +240,50 @@ class ScoringService(CandidateRequests):
             )
 
     def _update_verdict(self, target: _Target) -> None:
-        """The serving version's floor verdict as the DB has it now (a version gated again), without a reload."""
+        """The serving version's floor verdict as the DB has it now (a version gated again), without a reload; when
+        the active version is the serving one, an earlier failed load (of a version no longer active) is cleared."""
         with self._swap_lock:
             serving = self._serving
-            same_version = serving is not None and serving.version_id == target.version_id
-            if same_version and serving.passed_floor != target.passed_floor:
+            if serving is None or serving.version_id != target.version_id:
+                return
+            self._failure = None
+            if serving.passed_floor != target.passed_floor:
                 self._serving = replace(serving, passed_floor=target.passed_floor)
 
     def _should_load(self, version_id: int) -> bool:
-        serving, failed = self._serving, self._failed
+        serving, failure = self._serving, self._failure
         if serving is not None and serving.version_id == version_id:
             return False
-        return failed is None or failed[0] != version_id or time.monotonic() - failed[1] >= RETRY_FAILED_S
+        recent = time.monotonic() - self._failed_monotonic < RETRY_FAILED_S
+        return failure is None or failure.version_id != version_id or not recent
 
     def _record_failure(self, version_id: int, name: str, exc: BaseException) -> None:
-        if self._failed is not None and self._failed[0] == version_id and self.last_error is not None:
-            self._failed = (version_id, time.monotonic())
-            return  # logged already
-        self._failed = (version_id, time.monotonic())
-        self.last_error = f"Could not load model version {name}: {exc}"
-        serving = self.version
-        log.error("%s; still serving %s", self.last_error, serving[1] if serving else "nothing")
+        before, self._failed_monotonic = self._failure, time.monotonic()
+        again = before is not None and before.version_id == version_id
+        failed_at = before.failed_at if again else datetime.now(UTC)  # when it first failed
+        self._failure = LoadFailure(version_id, name, str(exc) or type(exc).__name__, failed_at)
+        if not again:  # logged already
+            serving = self.version
+            log.error("%s; still serving %s", self.last_error, serving[1] if serving else "nothing")
 
     def _swap(self, new: Serving) -> None:
+        """Serve `new`; the model it replaces becomes the previous one, and the previous one before it is dropped."""
         with self._swap_lock:
             old, self._serving = self._serving, new
+            dropped = self._previous if self._previous and self._previous.version_id != new.version_id else None
+            self._previous = old
             self._cache.reset(new.version_id)  # older versions' scores stay in the scores table
-            self._failed, self.last_error = None, None
+            self._failure = None
         self._pinned.discard(new.name)  # served from `new` now: a pinned copy would only hold memory
         log.info("Serving scores from model version %s (was %s)", new.name, old.name if old else "none")
-        had_old = old is not None
-        del old  # nothing here holds the old model now, so the hook's collection can free it
+        del old, dropped  # nothing here holds a dropped model now, so the hook's collection can free it
+        self._release()
+
+    def _release(self) -> None:
+        """Give the memory of dropped models back: the `after_swap` hook (the app settles its heap), the GPU cache."""
         if self._after_swap is not None:
             self._after_swap()
-        if had_old and torch.device(self._device).type == "cuda":
+        if torch.device(self._device).type == "cuda":
             torch.cuda.empty_cache()
 
     def _require_serving(self) -> Serving:
@@ -283,15 +336,12 @@ class ScoringService(CandidateRequests):
         (the serving one when it is that; else pinned: loaded in the background, see `app.scoring.pinned`)."""
         if version is None:
             return self._require_serving()
-        serving = self._serving
-        if serving is not None and serving.name == version:
-            return serving
-        return self._pinned.get(version)
+        return self._resident(version) or self._pinned.get(version)
 
     def version_state(self, version: str | None) -> tuple[State, Serving | None, str | None]:
         """(state, model when ready, why when not) of the serving version (None) or a named one; starts nothing."""
-        serving = self._serving
-        if serving is not None and version in (None, serving.name):
+        serving = self._serving if version is None else self._resident(version)
+        if serving is not None:
             return "ready", serving, None
         return ("not loaded", None, self.last_error) if version is None else self._pinned.state(version)
 
@@ -301,10 +351,12 @@ class ScoringService(CandidateRequests):
 
     def wait_for_version(self, version: str, timeout_s: float) -> Serving:
         """The named version, loading it if needed and waiting up to `timeout_s` (start-up and tests, not requests)."""
-        serving = self._serving
-        if serving is not None and serving.name == version:
-            return serving
-        return self._pinned.wait(version, timeout_s)
+        return self._resident(version) or self._pinned.wait(version, timeout_s)
+
+    def _resident(self, name: str) -> Serving | None:
+        """The serving or the previous model when it is version `name`; else None."""
+        serving, previous = self._serving, self._previous
+        return next((s for s in (serving, previous) if s is not None and s.name == name), None)
 
     def check_room(self, items: int) -> None:
         """Raise `Overloaded` now when `items` more would not fit in the queue (before the caller decodes them)."""

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 Loader = Callable[..., Any]  # loader(path, *, device) -> a model with .processor and .score_all(batch)
+MAX_ERROR_CHARS = 300  # a load error as the page shows it (the log has it whole)
 
 
 class NoScorerYet(RuntimeError):
@@ -54,6 +56,41 @@ class ServedVersion:
     version_id: int
     name: str
     passed_floor: bool | None
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """The active version's last failed load: which version, why, and when it first failed (UTC). Kept until that
+    version loads or another one is active and serving."""
+
+    version_id: int
+    name: str
+    error: str
+    failed_at: datetime
+
+    @property
+    def short_error(self) -> str:
+        """The error's first line, cut to `MAX_ERROR_CHARS` (what the page shows)."""
+        first = (self.error.strip().splitlines() or [""])[0]
+        return first if len(first) <= MAX_ERROR_CHARS else first[: MAX_ERROR_CHARS - 1] + "…"
+
+
+@dataclass(frozen=True)
+class ScorerStatus:
+    """What serves now and whether the active version failed to load, read together from the service's memory."""
+
+    served: ServedVersion | None
+    failure: LoadFailure | None
+
+    def problem(self, *, detail: bool = True) -> str | None:
+        """The warning the app shows, e.g. "The active version v0005 failed to load at 18:40 UTC (…); still serving
+        v0004."; None when nothing failed. `detail=False` leaves out the error (it may name server paths)."""
+        failure = self.failure
+        if failure is None:
+            return None
+        why = f" ({failure.short_error})" if detail else ""
+        still = f"still serving {self.served.name}" if self.served is not None else "no scorer is serving"
+        return f"The active version {failure.name} failed to load at {failure.failed_at:%H:%M} UTC{why}; {still}."
 
 
 @dataclass(frozen=True)

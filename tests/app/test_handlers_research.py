@@ -12,6 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from app.handlers import research
+from app.handlers.session import start_session
+from app.scoring import ScoringService
 from storage.db import transaction
 from storage.models import TrainingRun, User
 from tests.app.conftest import publish_model_dir
@@ -19,6 +21,7 @@ from tests.app.handler_support import add_users, as_user, make_deps
 from tests.trainer.test_gate import inputs
 from trainer.gate import GateConfig, decide
 from trainer.registry import apply_promotion_gate
+from trainer.scorer import load_scorer_model
 
 
 @pytest.fixture
@@ -105,6 +108,40 @@ def test_versions_side_by_side_then_promote_and_roll_back(app_store, scoring_ser
     assert scoring_service.version[1] == app_store.version_name  # nothing changed
 
 
+def test_a_version_that_fails_to_load_shows_in_the_header_and_the_research_tab(app_store, shifted_model_dir):
+    add_users(app_store, res="researcher", ann="annotator")
+    first = app_store.version_name
+    _, second = publish_model_dir(app_store.factory, app_store.settings, shifted_model_dir, promote=False)
+
+    def loader(path: Path, *, device: str):  # files that hash-check but do not load (e.g. a changed LoRA base)
+        if path.name == second:
+            raise RuntimeError("the LoRA base changed")
+        return load_scorer_model(path, settings=app_store.settings, device=device)
+
+    service = ScoringService(app_store.factory, app_store.settings, loader=loader)
+    try:
+        assert service.refresh() is True
+        deps = make_deps(app_store, scoring=service)
+        promoted = research.promote(deps, second, "looks better", as_user("res"))
+        warning = f"The active version {second} failed to load at "
+        assert f"{second} is now active" in promoted.status and warning in promoted.status
+        assert "(the LoRA base changed); still serving " + first in promoted.status
+        assert service.version[1] == first, "the previous version keeps serving"
+        failed = "active (failed to load: the LoRA base changed)"
+        assert promoted.table.set_index("version").loc[second, "status"] == failed
+        assert research.versions_view(deps, as_user("res")).table.set_index("version").loc[second, "status"] == failed
+        header = start_session(deps, as_user("res")).who
+        assert warning in header and "the LoRA base changed" in header and f"still serving {first}" in header
+        annotator = start_session(deps, as_user("ann")).who
+        assert warning in annotator and "LoRA" not in annotator, "the error (it may name paths) is for researchers"
+        rolled = research.roll_back(deps, as_user("res"))
+        assert f"{first} is active again" in rolled.status and "failed to load" not in rolled.status
+        assert "jrm-alert" not in start_session(deps, as_user("res")).who
+        assert list(rolled.table["status"]) == ["retired", "active"]
+    finally:
+        service.stop()
+
+
 def test_a_version_the_gate_rejected_shows_why(app_store, shifted_model_dir):
     add_users(app_store, res="researcher")
     deps = make_deps(app_store)
@@ -163,3 +200,17 @@ def test_annotators_are_refused_every_research_handler(deps, name, args):
         getattr(research, name)(deps, *args, as_user("ann"))
     with deps.factory() as session:
         assert session.scalar(select(TrainingRun.id).where(TrainingRun.status == "queued")) is None
+
+
+def test_paused_automatic_retrains_are_shown_in_the_runs_table_and_the_researchers_header(deps, app_store):
+    from app.handlers.session import start_session
+    from storage.models import utcnow
+
+    with transaction(app_store.factory) as session:
+        for _ in range(5):
+            session.add(TrainingRun(status="failed", trigger="threshold", error="CUDA out of memory\ntraceback",
+                                    finished_at=utcnow()))
+    view = research.runs_view(deps, None, as_user("res"))
+    assert "automatic retrains paused after 5 failures in a row" in view.table and "CUDA out of memory" in view.table
+    assert "automatic retrains paused" in start_session(deps, as_user("res")).who
+    assert "automatic retrains paused" not in start_session(deps, as_user("ann")).who

@@ -53,7 +53,12 @@ def test_following_swaps_on_promotion_while_a_pinned_request_keeps_its_version(a
         assert after["scores"] == pytest.approx([s + SHIFT for s in before["scores"]], abs=TOLERANCE)
         assert after["model_sha256"] == files_sha256(app_store.settings.registry_dir / new_name)
         assert after["model_sha256"] != before["model_sha256"]
-        loading = post(client, items, version=app_store.version_name)  # no longer served: loaded in the background
+        previous = post(client, items, version=app_store.version_name).json()  # the previous model: still in memory
+        assert previous["version"] == app_store.version_name and previous["scores"] == before["scores"]
+        assert client.get("/v1/version").json()["pinned"] == [], "answered by the previous model, not a pinned copy"
+        _, third = publish_model_dir(app_store.factory, app_store.settings, shifted_model_dir)
+        assert service.refresh() is True  # the first model is dropped now (two swaps back)
+        loading = post(client, items, version=app_store.version_name)  # no longer in memory: loaded in the background
         assert loading.status_code == 503 and loading.headers["Retry-After"] == "2"
         assert loading.json()["error"]["code"] == "version_loading"
         service.wait_for_version(app_store.version_name, LOAD_TIMEOUT_S)
@@ -61,7 +66,7 @@ def test_following_swaps_on_promotion_while_a_pinned_request_keeps_its_version(a
         assert pinned["version"] == app_store.version_name and pinned["model_sha256"] == before["model_sha256"]
         assert pinned["scores"] == pytest.approx(before["scores"], abs=TOLERANCE)
         described = client.get("/v1/version").json()
-        assert described["following"] is True and described["serving"]["version"] == new_name
+        assert described["following"] is True and described["serving"]["version"] == third
         assert [p["version"] for p in described["pinned"]] == [app_store.version_name]
 
 

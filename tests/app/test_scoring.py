@@ -37,10 +37,12 @@ def load_for_serving(path: Path, *, device: str):
 
 
 class CountingLoader:
-    """Loads like the app does and counts every forward of the loaded models (and their batch sizes)."""
+    """Loads like the app does and counts every load (`loaded`: the folders' names, in order) and every forward of
+    the loaded models (and their batch sizes)."""
 
     def __init__(self) -> None:
         self.batch_sizes: list[int] = []
+        self.loaded: list[str] = []
         self._lock = threading.Lock()
 
     @property
@@ -48,6 +50,7 @@ class CountingLoader:
         return len(self.batch_sizes)
 
     def __call__(self, path: Path, *, device: str):
+        self.loaded.append(path.name)
         model = load_for_serving(path, device=device)
         forward = model.forward
 
@@ -288,7 +291,9 @@ def test_a_promoted_version_is_swapped_in_and_old_cached_scores_are_not_reused(a
         service.stop()
 
 
-def test_after_swap_runs_once_per_swap_when_the_service_no_longer_holds_the_old_model(app_store, shifted_model_dir):
+def test_after_swap_runs_after_every_swap_and_drop_when_the_service_no_longer_holds_the_dropped_model(
+    app_store, shifted_model_dir
+):
     loaded, seen = [], []  # weak references to every model loaded; per hook call, which are still alive
 
     def loader(path: Path, *, device: str):
@@ -304,11 +309,14 @@ def test_after_swap_runs_once_per_swap_when_the_service_no_longer_holds_the_old_
     try:
         assert service.refresh() is True
         publish_model_dir(app_store.factory, app_store.settings, shifted_model_dir)
-        assert service.refresh() is True
+        assert service.refresh() is True  # the first model is kept as the previous one (an instant rollback)
+        publish_model_dir(app_store.factory, app_store.settings, shifted_model_dir)
+        assert service.refresh() is True  # the first model is dropped before the third loads: two models at most
         assert service.refresh() is False
     finally:
         service.stop()
-    assert seen == [[True], [False, True]], "the old model must be unreachable when the hook runs"
+    # Per hook call: the 1st swap; the 2nd (the 1st model kept); the drop before the 3rd load; the 3rd swap.
+    assert seen == [[True], [True, True], [False, True], [False, True, True]], "a dropped model must be unreachable"
 
 
 def test_the_poller_loads_in_the_background_while_the_old_model_keeps_serving(app_store, shifted_model_dir):
