@@ -32,6 +32,8 @@ from storage.models import ModelVersion, TrainingRun, User
 from storage.stats import dataset_stats, votes_over_time
 from trainer.backbones import preset_names
 from trainer.registry import list_versions, promote_version, rollback
+from trainer.registry.files import VersionFilesError, verify_version_files, version_dir
+from trainer.registry.switch import rollback_target
 from trainer.runs_backoff import automatic_runs_alert
 from trainer.runs_queue import cancel_run, enqueue_run, get_run, list_runs
 
@@ -278,9 +280,13 @@ def promote(deps: Deps, name: str | None, reason: str | None, request: gr.Reques
     user = require_researcher(deps, request)
     if not isinstance(reason, str) or not reason.strip():  # checked here: the name appended below is never empty
         raise gr.Error("Give a reason for promoting by hand (e.g. “better on held-out tasks”); nothing changed.")
+    with user_errors(), deps.reader() as session:
+        version_id = _version_id(session, name)
+        chosen = session.get(ModelVersion, version_id)
+    _verify(deps, chosen)  # a read of the whole checkpoint, with no transaction open
     with user_errors(), transaction(deps.factory) as session:
-        version = promote_version(session, version_id=_version_id(session, name),
-                                  reason=f"{reason.strip()} (promoted by {user.name})", settings=deps.settings)
+        version = promote_version(session, version_id=version_id, reason=f"{reason.strip()} (promoted by {user.name})",
+                                  settings=deps.settings, verified=True)
         message = f"<p>{text(version.name)} is now active.</p>"
     _refresh_scorer(deps)
     return _after_switch(deps, message)
@@ -289,10 +295,23 @@ def promote(deps: Deps, name: str | None, reason: str | None, request: gr.Reques
 def roll_back(deps: Deps, request: gr.Request) -> SwitchView:
     """Re-activate the version that was active before the current one."""
     require_researcher(deps, request)
+    with user_errors(), deps.reader() as session:
+        target = rollback_target(session)
+    if target is not None:
+        _verify(deps, target)  # with no transaction open
     with user_errors(), transaction(deps.factory) as session:
-        message = f"<p>Rolled back: {text(rollback(session, settings=deps.settings).name)} is active again.</p>"
+        restored = rollback(session, settings=deps.settings, verified_id=target.id if target else None)
+        message = f"<p>Rolled back: {text(restored.name)} is active again.</p>"
     _refresh_scorer(deps)
     return _after_switch(deps, message)
+
+
+def _verify(deps: Deps, version: ModelVersion) -> None:
+    """Hash-check a version's files before the switch's transaction; `gr.Error` when they are missing or corrupt."""
+    try:
+        verify_version_files(version_dir(deps.settings, version))
+    except VersionFilesError as exc:
+        raise gr.Error(f"{version.name} cannot be activated: {exc}") from None
 
 
 def _after_switch(deps: Deps, message: str) -> SwitchView:

@@ -59,3 +59,25 @@ def test_local_mode_reads_its_user_without_a_write_transaction(store):
     event.listen(factory.kw["bind"], "begin", lambda conn: begun.append(conn.get_execution_options()))
     local_user(factory)  # every later call: one read-only transaction (a plain BEGIN, no write lock)
     assert begun and all(options.get(READ_ONLY_OPTION) for options in begun)
+
+
+def test_promote_and_rollback_hash_the_checkpoint_with_no_write_lock(app_store, shifted_model_dir, monkeypatch):
+    import app.handlers.research as research
+    from tests.app.conftest import publish_model_dir
+    from tests.app.handler_support import add_users, as_user, make_deps
+
+    if app_store.backend != "sqlite":
+        pytest.skip("the write lock is SQLite's")
+    add_users(app_store, res="researcher")
+    deps = make_deps(app_store)
+    _, second = publish_model_dir(app_store.factory, app_store.settings, shifted_model_dir, promote=False)
+    seen, verify = [], research.verify_version_files
+
+    def slow_verify(path):
+        seen.append(commits_meanwhile(app_store.engine.url.database))
+        return verify(path)
+
+    monkeypatch.setattr(research, "verify_version_files", slow_verify)
+    assert f"{second} is now active" in research.promote(deps, second, "looks better", as_user("res")).status
+    assert "is active again" in research.roll_back(deps, as_user("res")).status
+    assert seen == [True, True]

@@ -121,3 +121,10 @@ def files_sha256(path: Path) -> str:
 def require_files(settings: Settings, version: ModelVersion) -> None:
     """`verify_version_files` of `version`'s folder."""
     verify_version_files(version_dir(settings, version))
+
+
+def require_present(settings: Settings, version: ModelVersion) -> None:
+    """The cheap check after a `verify_version_files` done outside the transaction: the folder and manifest exist."""
+    folder = version_dir(settings, version)
+    if not (folder / MANIFEST).is_file():
+        raise VersionFilesError(f"{folder / MANIFEST} is missing; the version's files were removed.")

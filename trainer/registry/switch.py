@@ -16,7 +16,7 @@ from storage.errors import InvalidInput, NotFound
 from storage.models import ModelVersion, utcnow
 from storage.settings import Settings
 from trainer.gate import GateDecision
-from trainer.registry.files import VersionFilesError, require_files
+from trainer.registry.files import VersionFilesError, require_files, require_present
 
 ROLLED_BACK = "rolled back"  # the reason a rollback gives the version it retires; such versions are skipped
 MAX_REASON_CHARS = 2000
@@ -144,8 +144,13 @@ def apply_promotion_gate(
 # --- manual promotion and rollback -----------------------------------------------------------------------
 
 
-def promote_version(session: Session, *, version_id: int, reason: str, settings: Settings) -> ModelVersion:
-    """Activate any non-active version without the gate (a researcher's decision), after checking its files."""
+def promote_version(
+    session: Session, *, version_id: int, reason: str, settings: Settings, verified: bool = False
+) -> ModelVersion:
+    """Activate any non-active version without the gate (a researcher's decision), after checking its files.
+
+    `verified=True`: the caller hash-checked the files (`verify_version_files`) before opening this transaction,
+    so only their presence is checked here and the write lock is not held while a checkpoint is read."""
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidInput("A manual promotion needs a reason (who decided and why).")
     if len(reason) > MAX_REASON_CHARS:
@@ -154,7 +159,7 @@ def promote_version(session: Session, *, version_id: int, reason: str, settings:
     new = _fresh_version(session, version_id)
     if new.status == "active":
         raise InvalidInput(f"{new.name} is already the active version.")
-    require_files(settings, new)
+    (require_present if verified else require_files)(settings, new)
     _switch_active(
         session,
         new=new,
@@ -182,8 +187,11 @@ def _rollback_target(session: Session, current: ModelVersion) -> ModelVersion | 
     return session.scalars(query.limit(1)).first()
 
 
-def rollback(session: Session, *, settings: Settings) -> ModelVersion:
-    """Retire the active version ("rolled back") and re-activate the one that was active before it."""
+def rollback(session: Session, *, settings: Settings, verified_id: int | None = None) -> ModelVersion:
+    """Retire the active version ("rolled back") and re-activate the one that was active before it.
+
+    `verified_id`: the version whose files the caller hash-checked before this transaction (`rollback_target`);
+    when it is still the target only the files' presence is checked here."""
     _lock_registry(session)
     current = _current_active(session)
     if current is None:
@@ -191,7 +199,7 @@ def rollback(session: Session, *, settings: Settings) -> ModelVersion:
     target = _rollback_target(session, current)
     if target is None:
         raise InvalidInput(f"Nothing to roll back to: no version was active before {current.name}.")
-    require_files(settings, target)
+    (require_present if target.id == verified_id else require_files)(settings, target)
     # promoted_at stays: a restored version keeps its place in the history, so a second rollback goes further back.
     _switch_active(
         session,
@@ -202,3 +210,9 @@ def rollback(session: Session, *, settings: Settings) -> ModelVersion:
         promoted_at=None,
     )
     return target
+
+
+def rollback_target(session: Session) -> ModelVersion | None:
+    """The version a rollback would re-activate now (None: nothing is active, or nothing was before it)."""
+    current = _current_active(session)
+    return None if current is None else _rollback_target(session, current)
