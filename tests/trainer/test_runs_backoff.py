@@ -6,6 +6,7 @@ Times are fixed: every failure ends at a known moment and every check passes its
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -199,3 +200,19 @@ def test_the_runs_listing_ends_with_the_alert(factory, db_url, capsys):
         fail_in_a_row(session, 5)
     assert worker_cli(["runs", "--database", db_url]) == 0
     assert capsys.readouterr().out.endswith(f"\nwarning: {PAUSED}\n")
+
+
+def test_a_threshold_check_with_too_few_votes_takes_no_write_lock(engine, factory, settings):
+    from sqlalchemy import event
+
+    from storage.db import READ_ONLY_OPTION
+
+    with transaction(factory) as session:
+        add_votes(session, split=TRAIN, votes=3)
+    worker = Worker(replace(settings, retrain_min_votes=50), engine=engine)
+    begun = []
+    event.listen(engine, "begin", lambda conn: begun.append(bool(conn.get_execution_options().get(READ_ONLY_OPTION))))
+    worker.check_threshold()
+    assert begun and all(begun)  # only read-only transactions: the queue's write lock is taken only when due
+    with factory() as session:
+        assert queued_runs(session) == 0

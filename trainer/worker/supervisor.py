@@ -90,6 +90,13 @@ class Worker:
         min_votes, settings, backoff = self.settings.retrain_min_votes, self.settings, self.backoff
         if self._automatic_runs_held("threshold"):
             return
+        with self.reader() as session:  # counted first with no write lock; the queue's transaction counts again
+            selection = vote_selection(session, settings=settings)
+            due = runs_queue.new_training_votes(
+                session, after_vote_id=runs_queue.last_vote_watermark(session), selection=selection
+            ) >= min_votes
+        if not due:
+            return
 
         def enqueue(session: Session) -> TrainingRun | None:
             selection = vote_selection(session, settings=settings)
