@@ -221,13 +221,12 @@ def _share(state, value: Any) -> Any:
 # --- evaluate and score ----------------------------------------------------------------------------------------
 
 
-def _load_version(session, settings, spec: str | None):
-    """(version row, scorer) for `spec` (a name, an id, or None for the active version)."""
+def _find_version(session, spec: str | None):
+    """The version row for `spec` (a name, an id, or None for the active version)."""
     from sqlalchemy import select
 
     from storage.models import ModelVersion
-    from trainer.registry import active_version, verify_version_files, version_dir
-    from trainer.scorer import load_scorer_model
+    from trainer.registry import active_version
 
     if spec is None:
         version = active_version(session)
@@ -238,10 +237,18 @@ def _load_version(session, settings, spec: str | None):
         version = session.scalars(query).first() or (session.get(ModelVersion, int(spec)) if spec.isdigit() else None)
         if version is None:
             raise CliError(f"No model version {spec!r}; give a name such as v0001 or an id.")
+    return version
+
+
+def _load_model(settings, version):
+    """The version's scorer, after checking its files (call with no session open: this reads the checkpoint)."""
+    from trainer.registry import verify_version_files, version_dir
+    from trainer.scorer import load_scorer_model
+
     path = version_dir(settings, version)
     verify_version_files(path)
     try:
-        return version, load_scorer_model(path, settings=settings)
+        return load_scorer_model(path, settings=settings)
     except ValueError as exc:  # e.g. a LoRA version whose base changed: the message says what to do
         raise CliError(f"Cannot load model version {version.name}: {exc}") from None
 
@@ -250,16 +257,20 @@ def command_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a version on the store's held-out split, or on an EditReward-format file."""
     if (args.editreward_json is None) != (args.images_root is None):
         raise CliError("--editreward-json and --images-root go together: give both or neither.")
+    from storage.db import session_factory
+    from trainer.data import HELDOUT, eval_pairs, make_snapshot
     from trainer.evaluate import evaluate_pairs
 
-    settings, engine, factory, upgrade = _setup(args)
+    settings, engine, _, upgrade = _setup(args)
     upgrade(engine)
-    with factory() as session:
-        version, model = _load_version(session, settings, args.version)
-        if args.editreward_json is not None:
-            source, pairs = str(args.editreward_json), _editreward(args.editreward_json, args.images_root)
-        else:
-            source, pairs = "heldout", _heldout_pairs(session, settings)
+    with session_factory(engine, read_only=True)() as session:  # rows only: images are decoded after it closes
+        version = _find_version(session, args.version)
+        rows = None if args.editreward_json is not None else _heldout_rows(session, settings)
+    model = _load_model(settings, version)
+    if rows is None:
+        source, pairs = str(args.editreward_json), _editreward(args.editreward_json, args.images_root)
+    else:
+        source, pairs = "heldout", eval_pairs(make_snapshot(rows).split(HELDOUT))
     if not pairs:
         raise CliError(f"Nothing to evaluate: {source} has no votes.")
     report = evaluate_pairs(model, pairs, batch_size=args.batch_size)
@@ -277,11 +288,12 @@ def _editreward(path: Path, images_root: Path) -> list:
         raise CliError(str(exc)) from None
 
 
-def _heldout_pairs(session, settings) -> list:
-    """The store's current held-out votes as EvalPairs (the split every version is judged on)."""
-    from trainer.data import HELDOUT, eval_pairs, make_snapshot, vote_rows
+def _heldout_rows(session, settings) -> list:
+    """The store's selected votes as snapshot rows (the held-out split is taken from them; no image is read)."""
+    from storage.provenance import vote_selection
+    from trainer.data import vote_rows
 
-    return eval_pairs(make_snapshot(vote_rows(session, settings=settings)).split(HELDOUT))
+    return vote_rows(session, settings=settings, selection=vote_selection(session, settings=settings))
 
 
 def _open_picture(path: Path):
@@ -301,12 +313,14 @@ def command_score(args: argparse.Namespace) -> int:
     if not args.instruction.strip():
         raise CliError("The instruction is empty; pass the edit instruction with --instruction.")
     source, edited = _open_picture(args.source), _open_picture(args.edited)
+    from storage.db import session_factory
     from trainer.evaluate import score_images
 
-    settings, engine, factory, upgrade = _setup(args)
+    settings, engine, _, upgrade = _setup(args)
     upgrade(engine)
-    with factory() as session:
-        version, model = _load_version(session, settings, args.version)
+    with session_factory(engine, read_only=True)() as session:
+        version = _find_version(session, args.version)
+    model = _load_model(settings, version)
     [score] = score_images(model, source=source, instruction=args.instruction, edited=[edited])
     _print_json({"version": version.name, "score": score})
     return 0
