@@ -134,6 +134,7 @@ def demo_rows(tasks: int, folder: str | Path, *, demo_seed: int = 0) -> DemoRows
                     "choice": vote.choice,
                     "rationale": vote.rationale,
                     "annotator_id": annotator_ids[vote.annotator],
+                    "dimension_scores": None,  # the simulator rates no dimensions
                 }
             )
     return data

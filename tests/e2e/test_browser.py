@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from app.handlers.score import load_examples
 from storage.db import make_engine
-from storage.models import ModelVersion, User, Vote
+from storage.models import ModelVersion, TrainingRun, User, Vote
 from storage.settings import artifacts_dir
 from tests.e2e.browser_walk import (
     CHROMIUM,
@@ -85,13 +85,17 @@ def test_annotate_retrain_and_score_in_the_browser(tmp_path):
         assert seen[-1][1:] == ("succeeded", 100), seen
         progress_while_running = {p for _, s, p in seen if s == "running"}
         assert progress_while_running and min(progress_while_running) < 100, seen  # the bar moved on the page
-        # The gate judges the first version too: a 12-task demo holds out too few votes, so it is kept rejected,
-        # the research tab says why, and the researcher promotes it by hand.
+        # The gate judges the first version too. Once a person has voted, the simulated demo votes no longer train
+        # or judge (docs/data-quality.md): ann's four votes leave no held-out vote to judge on, so the version is
+        # kept rejected, the research tab says why, and the researcher promotes it by hand.
         (name, status, reason), = _rows(server.database_url,
                                         select(ModelVersion.name, ModelVersion.status, ModelVersion.reason))
-        assert status == "rejected" and reason.startswith("too few held-out votes to judge"), reason
+        assert status == "rejected" and reason.startswith("no left/right held-out votes to judge on"), reason
+        (selection,), = _rows(server.database_url, select(TrainingRun.vote_selection).where(
+            TrainingRun.status == "succeeded"))
+        assert selection["provenances"] == ["human", "import"], selection
         page.locator("#refresh-versions").click()
-        expect(page.locator("#versions")).to_contain_text("too few held-out votes to judge")
+        expect(page.locator("#versions")).to_contain_text("no left/right held-out votes to judge on")
         shoot(page, shots, "versions-rejected")
         promote_newest(page, name, "e2e: the researcher's call")
         (status,), = _rows(server.database_url, select(ModelVersion.status))
