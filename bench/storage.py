@@ -2,10 +2,17 @@
 
     python bench/storage.py --backends sqlite,postgresql --sizes 10000,100000,1000000
 
+    python bench/storage.py --import-rows 10000      # the import benchmark instead (SQLite)
+
 Each (backend, size) gets its own fresh store (a temporary SQLite file, or a new PostgreSQL schema), migrated
 with Alembic, seeded with bulk inserts (executemany on SQLite, COPY on PostgreSQL) that keep `pairs.vote_count`
 and `pairs.filled` consistent with the seeded votes and done assignments, then measured through the real
 repository functions, then dropped. Prints one table, with p95 ratios against the smallest size.
+
+`--import-rows N` measures `import editreward` of N generated rows instead: the per-row path as it was at
+`--baseline-rev` (its storage/importers.py read from git, so the old code needs no copy here) against the bulk path
+of the working tree, each into a fresh SQLite store and blob folder, while a thread records one anonymous vote
+every 20 ms in its own transaction (the app's 30 s busy timeout); the same votes on an idle store are the baseline.
 """
 
 from __future__ import annotations
@@ -17,9 +24,13 @@ import platform
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+import types
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -367,6 +378,167 @@ def print_table(backend: str, subjects: list[Subject], batch: int) -> None:
         )
 
 
+# ------------------------------------------------------------------------------------------------ imports
+
+
+def editreward_fixture(folder: Path, rows: int) -> tuple[Path, Path]:
+    """`rows` EditReward records (4 candidates, so 6 pairs, per task) and their 64x64 noise PNGs, all distinct."""
+    import json
+
+    import PIL.Image
+
+    images_root, records = folder / "images", []
+    for t in range(-(-rows // len(PAIR_OFFSETS))):
+        (images_root / str(t)).mkdir(parents=True)
+        for name in ("src", *(f"m{c}" for c in range(CANDIDATES_PER_TASK))):
+            PIL.Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3)).save(images_root / str(t) / f"{name}.png")
+        for a, b in PAIR_OFFSETS:
+            records.append({"prompt": f"edit {t}: make the sky purple", "path_src": f"{t}/src.png",
+                            "path1": f"{t}/m{a}.png", "path2": f"{t}/m{b}.png", "model1": f"m{a}",
+                            "model2": f"m{b}", "tie_case": len(records) % 5 == 0})
+    path = folder / "train.json"
+    path.write_text(json.dumps(records[:rows]), encoding="utf-8")
+    return path, images_root
+
+
+def baseline_importers(revision: str) -> types.ModuleType:
+    """storage/importers.py as committed at `revision`, loaded as a module beside the current one."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "show", f"{revision}:storage/importers.py"], cwd=root, check=True,
+                            capture_output=True, text=True).stdout
+    module = types.ModuleType("storage.importers_baseline")
+    module.__file__ = f"{revision}:storage/importers.py"
+    sys.modules[module.__name__] = module  # dataclasses look their module up while they are built
+    exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102 - our own committed code
+    return module
+
+
+@dataclass
+class VoteClock:
+    """Records anonymous votes on one pair, one per transaction, every 20 ms, until stopped; latencies in ms."""
+
+    factory: sessionmaker[Session]
+    settings: Settings
+    pair: tuple[int, int, int]  # task, left candidate, right candidate
+    latencies_ms: list[float] = field(default_factory=list)
+    failures: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, count: int | None = None) -> None:
+        while not self.stop.is_set() and (count is None or len(self.latencies_ms) < count):
+            started = time.perf_counter()
+            try:
+                with transaction(self.factory) as session:
+                    repo.record_vote(session, task_id=self.pair[0], left_candidate_id=self.pair[1],
+                                     right_candidate_id=self.pair[2], choice="left",
+                                     client_submission_id=uuid.uuid4().hex, settings=self.settings)
+                self.latencies_ms.append((time.perf_counter() - started) * 1000)
+            except sqlalchemy.exc.OperationalError:  # "database is locked" after the busy timeout
+                self.failures += 1
+            time.sleep(0.02)
+
+
+def _vote_target(factory: sessionmaker[Session], settings: Settings) -> tuple[int, int, int]:
+    from storage.models import Image
+
+    with transaction(factory) as session:
+        images = [Image(sha256=uuid.uuid4().hex * 2, width=64, height=64, format="png", byte_size=1)
+                  for _ in range(3)]
+        session.add_all(images)
+        session.flush()
+        task = repo.create_task(session, source_image_id=images[0].id, instruction="bench", settings=settings)
+        left, right = (repo.add_candidate(session, task_id=task.id, image_id=i.id, generator=f"g{i.id}")
+                       for i in images[1:])
+        return task.id, left.id, right.id
+
+
+def time_import(importers: types.ModuleType, json_path: Path, images_root: Path, votes: int) -> dict:
+    """One import into a fresh store and blob folder, with the vote clock running; then the idle clock."""
+    from storage import importers as current
+
+    store, data = Store("sqlite", ""), Path(tempfile.mkdtemp(prefix="jrm-bench-data-"))
+    try:
+        settings = load_settings(environ={}, data_dir=data)
+        factory = session_factory(store.engine)
+        clock = VoteClock(factory, settings, _vote_target(factory, settings))
+        thread = threading.Thread(target=clock.run)
+        transaction_s = _time_transactions(importers, current)
+        thread.start()
+        started = time.perf_counter()
+        with transaction(factory) as session:
+            summary = importers.import_editreward(session, path=json_path, images_root=images_root, settings=settings)
+        import_s = time.perf_counter() - started
+        clock.stop.set()
+        thread.join()
+        idle = VoteClock(factory, settings, clock.pair)
+        idle.run(count=votes)
+        return {"summary": summary, "import_s": import_s, "transaction_s": transaction_s.get("s", import_s),
+                "busy": clock, "idle": idle}
+    finally:
+        store.close()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _time_transactions(importers: types.ModuleType, current: types.ModuleType) -> dict:
+    """For the bulk path, time its database phase (`write_plan`); the per-row path is all one transaction."""
+    timing: dict = {}
+    if importers is current:
+        write_plan = current.write_plan
+
+        def timed(session, plan):
+            started = time.perf_counter()
+            try:
+                return write_plan(session, plan)
+            finally:
+                timing["s"] = time.perf_counter() - started
+                current.write_plan = write_plan
+
+        current.write_plan = timed
+    return timing
+
+
+def import_benchmark(args: argparse.Namespace) -> None:
+    """Old and new import paths side by side on the same generated file; prints one table."""
+    from storage import importers as current
+
+    folder = Path(tempfile.mkdtemp(prefix="jrm-bench-import-"))
+    try:
+        json_path, images_root = editreward_fixture(folder, args.import_rows)
+        print(f"# {args.import_rows:,} EditReward rows, {len(list(images_root.rglob('*.png'))):,} images "
+              f"(64x64 PNG); SQLite {sqlite3_version()}", flush=True)
+        results = {f"per-row ({args.baseline_rev})": time_import(baseline_importers(args.baseline_rev), json_path,
+                                                                 images_root, args.idle_votes),
+                   "bulk (this tree)": time_import(current, json_path, images_root, args.idle_votes)}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print_import_table(results)
+
+
+def sqlite3_version() -> str:
+    import sqlite3
+
+    return sqlite3.sqlite_version
+
+
+def print_import_table(results: dict[str, dict]) -> None:
+    base = next(iter(results.values()))["import_s"]
+    print("\n| path | rows | new votes | import s | rows/s | speed-up | write transaction s | votes during import "
+          "| vote p50 ms | vote p95 ms | vote max ms | votes failed | idle vote p95 ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        busy, idle, summary = r["busy"].latencies_ms or [0.0], r["idle"].latencies_ms, r["summary"]
+        print(f"| {name} | {summary.rows:,} | {summary.votes:,} | {r['import_s']:.1f} | "
+              f"{summary.rows / r['import_s']:.0f} | {base / r['import_s']:.1f}x | {r['transaction_s']:.2f} | "
+              f"{len(r['busy'].latencies_ms)} | "
+              f"{statistics.median(busy):.1f} | {_p95_or_max(busy):.1f} | {max(busy):.0f} | {r['busy'].failures} | "
+              f"{_p95_or_max(idle):.1f} |")
+
+
+def _p95_or_max(values: list[float]) -> float:
+    """Nearest-rank p95: never above the largest value, also for the few votes that get through a long lock."""
+    return sorted(values)[max(0, -(-len(values) * 95 // 100) - 1)]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse flags; per backend seed every size, measure them interleaved, print the table, drop the stores."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -378,7 +550,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=100, help="record_vote calls per transaction")
     parser.add_argument("--next-samples", type=int, default=500, help="next_pair calls timed per size")
     parser.add_argument("--warmup", type=int, default=20, help="next_pair calls per size before timing")
+    parser.add_argument("--import-rows", type=int, help="run the import benchmark with this many EditReward rows")
+    parser.add_argument("--baseline-rev", default="df8c586", help="git revision whose per-row importer is the baseline")
+    parser.add_argument("--idle-votes", type=int, default=100, help="votes timed on the idle store after an import")
     args = parser.parse_args(argv)
+    if args.import_rows:
+        import_benchmark(args)
+        return
     settings = load_settings(environ={}, data_dir=Path(tempfile.gettempdir()) / "jrm-bench-unused")
     sizes = sorted(int(size) for size in args.sizes.split(","))
     print(

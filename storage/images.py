@@ -49,6 +49,7 @@ import os
 import struct
 import tempfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import PIL.Image
@@ -63,6 +64,7 @@ from storage.settings import Settings
 
 __all__ = [
     "ImageRejected",
+    "StoredBlob",
     "decode_upload",
     "encode_png",
     "image_path",
@@ -70,6 +72,8 @@ __all__ = [
     "open_image",
     "store_image",
     "store_pil_image",
+    "sync_blob_folders",
+    "write_upload_blob",
 ]
 
 log = logging.getLogger(__name__)
@@ -116,13 +120,49 @@ class ImageRejected(InvalidInput):
     """An upload that is not a storable picture; nothing was written."""
 
 
+@dataclass(frozen=True)
+class StoredBlob:
+    """What an image row will say about a blob already on disk (written before the transaction that adds the row)."""
+
+    sha256: str
+    format: str
+    width: int
+    height: int
+    byte_size: int
+
+
 def store_image(session: Session, *, data: bytes, settings: Settings) -> Image:
     """Validate, normalise and store an uploaded file; the same stored content twice returns one row."""
+    payload, fmt, size = _stored_encoding(data, settings)
+    return _store_payload(session, payload=payload, fmt=fmt, size=size, settings=settings)
+
+
+def write_upload_blob(*, data: bytes, settings: Settings, touched: set[Path]) -> StoredBlob:
+    """Validate and normalise an upload as `store_image` does and write its blob, without a session or a directory
+    fsync: the folder is added to `touched`, and `sync_blob_folders(touched)` must run before the transaction that
+    adds the rows commits (bulk import: files first, rows after, one directory fsync per folder)."""
+    payload, fmt, size = _stored_encoding(data, settings)
+    blob = StoredBlob(hashlib.sha256(payload).hexdigest(), fmt, size[0], size[1], len(payload))
+    path = blob_path(settings, blob.sha256, fmt)
+    if not _write_file(path, payload, blob.sha256):
+        os.utime(path)  # a fresh mtime restarts the collection's grace for a file no row references yet
+    touched.add(path.parent)
+    return blob
+
+
+def sync_blob_folders(folders: set[Path]) -> None:
+    """fsync each folder once, making the renames of `write_upload_blob` durable."""
+    for folder in sorted(folders):
+        _fsync_directory(folder)
+
+
+def _stored_encoding(data: bytes, settings: Settings) -> tuple[bytes, str, tuple[int, int]]:
+    """(stored bytes, format, size) of a valid upload: the file itself, or PNG of its normalised pixels."""
     fmt, picture = _validated(data, settings)
     upright = _normalise(picture)
     if upright is picture and fmt != "png":  # already opaque, upright sRGB: re-encoding would only grow it
-        return _store_payload(session, payload=data, fmt=fmt, size=picture.size, settings=settings)
-    return _store_payload(session, payload=encode_png(upright), fmt="png", size=upright.size, settings=settings)
+        return data, fmt, picture.size
+    return encode_png(upright), "png", upright.size
 
 
 def decode_upload(data: bytes, *, settings: Settings) -> PIL.Image.Image:
@@ -381,9 +421,15 @@ def _file_sha256(path: Path) -> str:
 def _write_blob(path: Path, payload: bytes, sha256: str) -> None:
     """Write `payload` (whose hash is `sha256`) to `path` atomically; a file already there is left untouched only
     when its bytes hash to `sha256`, else it is logged and replaced."""
+    if _write_file(path, payload, sha256):
+        _fsync_directory(path.parent)
+
+
+def _write_file(path: Path, payload: bytes, sha256: str) -> bool:
+    """`_write_blob` less the directory fsync; False when a good file was already there (nothing written)."""
     if path.is_file():
         if path.stat().st_size == len(payload) and _file_sha256(path) == sha256:
-            return
+            return False
         log.warning("blob %s is damaged (its bytes do not hash to its name); rewriting it", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=".incoming-", suffix=".tmp")
@@ -396,7 +442,7 @@ def _write_blob(path: Path, payload: bytes, sha256: str) -> None:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    return True
 
 
 def _fsync_directory(directory: Path) -> None:

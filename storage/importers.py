@@ -1,43 +1,42 @@
 """Import EditReward-Data JSON, a folder layout, or a Hugging Face `datasets` dataset into the store.
 
 Each import takes the session and never commits: the caller runs it in one transaction, so a file refused
-at row N leaves the database as it was. Errors name the row (1-based) and the reason. Tasks are deduplicated
+at row N leaves the database as it was. Errors name the row (1-based) and the reason. Every row is checked and
+every blob written before the first statement (`storage.import_writer`): the transaction only runs a few bulk
+INSERTs, so annotators' votes wait for it briefly rather than for the whole import. Tasks are deduplicated
 by (source image, instruction), candidates by (task, image, generator), and every vote carries a
 deterministic `client_submission_id`, so importing the same data twice adds nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage import interchange as fmt
 from storage.errors import InvalidInput
-from storage.images import store_image
+from storage.images import StoredBlob
+from storage.import_writer import ImportPlan, write_plan
 from storage.interchange import ImportSummary
-from storage.models import CHOICES, SOURCE_MAX_CHARS, Candidate, Image, Task
-from storage.repository import add_candidate, create_task, record_vote
+from storage.models import CHOICES, SOURCE_MAX_CHARS
 from storage.settings import Settings
-from storage.users import create_user, get_user_by_name
 from storage.validation import clean_text
 
 
 @dataclass
 class VoteInput:
-    """One vote to import, its images already stored."""
+    """One vote to import, its images' blobs already written."""
 
-    source: Image
+    source: StoredBlob
     instruction: str
-    left: tuple[Image, str]  # (image, generator)
-    right: tuple[Image, str]
+    left: tuple[StoredBlob, str]  # (image, generator)
+    right: tuple[StoredBlob, str]
     choice: str
     client_submission_id: str
     origin: str
@@ -56,89 +55,6 @@ def source_name(path: Path) -> str:
     """How an import's file or folder is recorded on its rows: the resolved path, cut to the column's width."""
     name = str(path.resolve())
     return name if len(name) <= SOURCE_MAX_CHARS else "…" + name[-(SOURCE_MAX_CHARS - 1):]
-
-
-@dataclass
-class _Importer:
-    """Per-import caches and counters over one session."""
-
-    session: Session
-    settings: Settings
-    source_file: str  # the imported file or folder, kept on every task and vote it brings (provenance "import")
-    summary: ImportSummary = field(default_factory=ImportSummary)
-    _tasks: dict[tuple[int, str], Task] = field(default_factory=dict)
-    _candidates: dict[tuple[int, int, str], Candidate] = field(default_factory=dict)
-    _images: dict[Path, Image] = field(default_factory=dict)
-    _users: dict[str, int] = field(default_factory=dict)
-    _stored: dict[bytes, Image] = field(default_factory=dict)  # sha256 of the bytes as given → row
-
-    def image_from_file(self, path: Path) -> Image:
-        """Store the picture at `path` (each file read once per import)."""
-        if path not in self._images:
-            if not path.is_file():
-                raise InvalidInput("the image file is missing")
-            with path.open("rb") as file:  # read one byte past the limit: store_image then refuses the size
-                data = file.read(self.settings.max_upload_bytes + 1)
-            self._images[path] = self.image_from_bytes(data)
-        return self._images[path]
-
-    def image_from_bytes(self, data: bytes) -> Image:
-        """Store `data`; the same bytes again (a source image repeated on every row) are not decoded twice."""
-        digest = hashlib.sha256(data).digest()
-        if digest not in self._stored:
-            self._stored[digest] = store_image(self.session, data=data, settings=self.settings)
-        return self._stored[digest]
-
-    def task(self, item: VoteInput) -> Task:
-        key = (item.source.id, item.instruction)
-        if key not in self._tasks:
-            query = select(Task).where(Task.source_image_id == item.source.id, Task.instruction == item.instruction)
-            task = self.session.scalars(query.order_by(Task.id)).first()
-            if task is None:
-                task = create_task(self.session, source_image_id=item.source.id, instruction=item.instruction,
-                                   category=item.category, origin=item.task_origin, external_id=item.external_id,
-                                   provenance="import", source=self.source_file, settings=self.settings)
-                self.summary.tasks += 1
-            self._tasks[key] = task
-        return self._tasks[key]
-
-    def candidate(self, task: Task, image: Image, generator: str, extra: dict[str, Any] | None) -> Candidate:
-        key = (task.id, image.id, generator)
-        if key not in self._candidates:
-            query = select(Candidate).filter_by(task_id=task.id, image_id=image.id, generator=generator)
-            candidate = self.session.scalars(query).first()
-            if candidate is None:
-                candidate = add_candidate(self.session, task_id=task.id, image_id=image.id, generator=generator,
-                                          extra=extra)
-                self.summary.candidates += 1
-            self._candidates[key] = candidate
-        return self._candidates[key]
-
-    def annotator_id(self, name: str | None) -> int | None:
-        """The id of the user `name`, created without a password (cannot log in) when new."""
-        if name is None:
-            return None
-        if name not in self._users:
-            user = get_user_by_name(self.session, name=name) or create_user(self.session, name=name, role="annotator")
-            self._users[name] = user.id
-        return self._users[name]
-
-    def vote(self, item: VoteInput) -> None:
-        """Add the task, candidates and vote of `item`; an already imported vote is a no-op."""
-        task = self.task(item)
-        left = self.candidate(task, *item.left, item.extras[0])
-        right = self.candidate(task, *item.right, item.extras[1])
-        result = record_vote(
-            self.session, task_id=task.id, left_candidate_id=left.id, right_candidate_id=right.id,
-            choice=item.choice, rationale=item.rationale, annotator_id=self.annotator_id(item.annotator),
-            client_submission_id=item.client_submission_id, dimension_scores=item.dimension_scores,
-            time_spent_ms=item.time_spent_ms, origin=item.origin, provenance="import",
-            source=self.source_file, settings=self.settings,
-        )
-        if result.created and item.created_at is not None:
-            result.vote.created_at = item.created_at
-        self.summary.votes += result.created
-        self.summary.votes_existing += not result.created
 
 
 def _at_row(where: str, run, *args):
@@ -226,11 +142,31 @@ def import_editreward(session: Session, *, path: Path, images_root: Path, settin
         raise InvalidInput(f"{path}: expected a JSON list of records, got a JSON {type(records).__name__}")
     if not images_root.is_dir():
         raise FileNotFoundError(f"images root {images_root} is not a folder")
-    importer = _Importer(session, settings, source_file=source_name(path))
-    for row, record in enumerate(records, start=1):
-        _at_row(f"{path.name} row {row}", _editreward_record, importer, record, images_root)
-        importer.summary.rows += 1
-    return importer.summary
+    with ImportPlan(settings, source_file=source_name(path)) as importer:
+        importer.prefetch(_editreward_files(records, images_root))
+        for row, record in enumerate(records, start=1):
+            importer.row = f"{path.name} row {row}"
+            _at_row(importer.row, _editreward_record, importer, record, images_root)
+            importer.summary.rows += 1
+    return _write(session, importer)
+
+
+def _editreward_files(records: list[Any], images_root: Path) -> Iterator[Path]:
+    """The image files the records name, in order; what is malformed is left to the row's own checks."""
+    for record in records:
+        for key in ("path_src", "path1", "path2"):
+            value = record.get(key) if isinstance(record, dict) else None
+            if isinstance(value, str) and clean_text(value).strip():
+                try:
+                    yield _relative_file(images_root, clean_text(value).strip(), key)
+                except InvalidInput:
+                    pass
+
+
+def _write(session: Session, importer: ImportPlan) -> ImportSummary:
+    """Phase two: the blobs' folders synced, then the rows inserted in the caller's transaction."""
+    importer.sync()
+    return write_plan(session, importer)
 
 
 def _tie_case(value: Any) -> bool:
@@ -252,7 +188,7 @@ def _editreward_choice(record: Mapping[str, Any]) -> str:
     return "tie" if tie else "left"
 
 
-def _editreward_record(importer: _Importer, record: Any, images_root: Path) -> None:
+def _editreward_record(importer: ImportPlan, record: Any, images_root: Path) -> None:
     if not isinstance(record, dict):
         raise InvalidInput(f"expected a JSON object, got {type(record).__name__}")
     missing = [key for key in fmt.EDITREWARD_REQUIRED if key not in record]
@@ -299,7 +235,7 @@ def _candidate_extra(record: Mapping[str, Any], n: int, scores: dict[str, Any]) 
     return extra or None
 
 
-def _editreward_image(importer: _Importer, record: Mapping[str, Any], key: str, images_root: Path) -> Image:
+def _editreward_image(importer: ImportPlan, record: Mapping[str, Any], key: str, images_root: Path) -> StoredBlob:
     value = _text(record, key)
     return _at_row(f"{key} {value!r}", importer.image_from_file, _relative_file(images_root, value, key))
 
@@ -336,11 +272,22 @@ def import_folder(session: Session, *, root: Path, settings: Settings) -> Import
     """Import `root/<task>/`: source.<ext>, instruction.txt, category.txt?, candidates/<name>.<ext>, votes.jsonl?"""
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
-    importer = _Importer(session, settings, source_file=source_name(root))
-    for task_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        _at_row(f"{task_dir.name}", _folder_task, importer, task_dir)
-        importer.summary.rows += 1
-    return importer.summary
+    task_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    with ImportPlan(settings, source_file=source_name(root)) as importer:
+        importer.prefetch(path for task_dir in task_dirs for path in _folder_files(task_dir))
+        for task_dir in task_dirs:
+            importer.row = task_dir.name
+            _at_row(f"{task_dir.name}", _folder_task, importer, task_dir)
+            importer.summary.rows += 1
+    return _write(session, importer)
+
+
+def _folder_files(task_dir: Path) -> list[Path]:
+    """The pictures a task folder's rows will read: source.<ext> and candidates/*."""
+    candidates = task_dir / fmt.CANDIDATES_DIR
+    files = [p for p in task_dir.iterdir() if p.stem == fmt.SOURCE_STEM]
+    files += sorted(candidates.iterdir()) if candidates.is_dir() else []
+    return [p for p in files if p.is_file() and p.suffix.lower() in fmt.IMAGE_SUFFIXES]
 
 
 def _single_image(folder: Path, stem: str) -> Path:
@@ -362,7 +309,7 @@ def _read_text(path: Path, *, required: bool) -> str | None:
         raise InvalidInput(f"{path.name} is not UTF-8 text") from None
 
 
-def _folder_candidates(importer: _Importer, task_dir: Path) -> dict[str, Image]:
+def _folder_candidates(importer: ImportPlan, task_dir: Path) -> dict[str, StoredBlob]:
     folder = task_dir / fmt.CANDIDATES_DIR
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in fmt.IMAGE_SUFFIXES) if folder.is_dir() else []
     stems = [p.stem for p in files]
@@ -372,7 +319,7 @@ def _folder_candidates(importer: _Importer, task_dir: Path) -> dict[str, Image]:
     return {p.stem: _at_row(f"{fmt.CANDIDATES_DIR}/{p.name}", importer.image_from_file, p) for p in files}
 
 
-def _folder_task(importer: _Importer, task_dir: Path) -> None:
+def _folder_task(importer: ImportPlan, task_dir: Path) -> None:
     source_file = _single_image(task_dir, fmt.SOURCE_STEM)
     source = _at_row(source_file.name, importer.image_from_file, source_file)
     instruction = _read_text(task_dir / fmt.INSTRUCTION_FILE, required=True)
@@ -399,7 +346,7 @@ def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield number, line
 
 
-def _folder_vote(importer: _Importer, base: VoteInput, candidates: dict[str, Image], line: str) -> None:
+def _folder_vote(importer: ImportPlan, base: VoteInput, candidates: dict[str, StoredBlob], line: str) -> None:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -427,11 +374,12 @@ def _folder_vote(importer: _Importer, base: VoteInput, candidates: dict[str, Ima
 
 def import_hf(session: Session, *, path: Path, settings: Settings) -> ImportSummary:
     """Import a dataset written by `export hf` / `export parquet` (a save_to_disk folder or a parquet file)."""
-    importer = _Importer(session, settings, source_file=source_name(path))
+    importer = ImportPlan(settings, source_file=source_name(path))  # the pictures are in the rows: no prefetch
     for row, record in enumerate(_hf_rows(path), start=1):
-        _at_row(f"{path.name} row {row}", _hf_record, importer, record)
+        importer.row = f"{path.name} row {row}"
+        _at_row(importer.row, _hf_record, importer, record)
         importer.summary.rows += 1
-    return importer.summary
+    return _write(session, importer)
 
 
 def _hf_rows(path: Path) -> Iterator[dict[str, Any]]:
@@ -466,7 +414,7 @@ def _hf_batches(path: Path):
         yield from split.with_format("arrow").iter(batch_size=64)
 
 
-def _hf_image(importer: _Importer, record: Mapping[str, Any], column: str) -> Image:
+def _hf_image(importer: ImportPlan, record: Mapping[str, Any], column: str) -> StoredBlob:
     cell = record.get(column)
     data = cell.get("bytes") if isinstance(cell, dict) else cell
     if not isinstance(data, bytes) or not data:
@@ -474,7 +422,7 @@ def _hf_image(importer: _Importer, record: Mapping[str, Any], column: str) -> Im
     return _at_row(f"column '{column}'", importer.image_from_bytes, data)
 
 
-def _hf_record(importer: _Importer, record: Mapping[str, Any]) -> None:
+def _hf_record(importer: ImportPlan, record: Mapping[str, Any]) -> None:
     sides = [(_hf_image(importer, record, f"{s}_image"), _text(record, f"{s}_generator")) for s in fmt.SIDES]
     item = VoteInput(
         source=_hf_image(importer, record, "source_image"), instruction=_text(record, "instruction"),
