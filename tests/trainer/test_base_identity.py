@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from storage.db import transaction
-from trainer.__main__ import CliError, _load_version
+from trainer.__main__ import CliError, _find_version, _load_model
 from trainer.base_identity import base_folder, identity_files
 from trainer.model import JointRewardModel, JRMConfig
 from trainer.presets import preset_dir
@@ -79,7 +79,7 @@ def test_the_registry_refuses_to_serve_a_lora_version_whose_base_changed(factory
     with factory() as session, pytest.raises(ValueError, match=r"v0001 was trained on base 'tiny'.*tokenizer\.json"):
         load_scorer(session, settings=settings)
     with factory() as session, pytest.raises(CliError, match=r"Cannot load model version v0001: The LoRA version"):
-        _load_version(session, settings, None)  # `python -m trainer score | evaluate` print it, no traceback
+        _load_model(settings, _find_version(session, None))  # `python -m trainer score | evaluate` print it, no traceback
 
 
 def test_a_lora_version_without_a_base_record_is_refused(lora_version, own_cache):
