@@ -51,7 +51,7 @@ def test_a_round_trip_serves_the_stored_images_in_place(app_store):
                         analytics_enabled=False)
         shown = client.predict(api_name="/next_pair")
         voted = client.predict(choice="left", rationale="", rate_dimensions=False, instruction_following=0,
-                               quality=0, preservation=0, api_name="/submit_vote")
+                               quality=0, preservation=0, pair_token=shown[-1], api_name="/submit_vote")
         assert voted[-1] == "Vote saved."
         for image in [*shown[1:4], *voted[1:4]]:
             path = Path(image["path"])
