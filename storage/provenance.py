@@ -80,3 +80,10 @@ def vote_selection(session: Session, *, settings: Settings, exclude_flagged: boo
     provenances = settings.train_provenance_list or default_provenances(session)
     exclude = settings.exclude_flagged if exclude_flagged is None else exclude_flagged
     return VoteSelection(provenances, flagged_annotators(session) if exclude else ())
+
+
+def describe_selection(data: Mapping[str, Any]) -> str:
+    """A recorded selection (`VoteSelection.to_json`) in words: "human, import; 2 flagged annotators left out"."""
+    count = len(data.get("excluded_annotators", []))
+    left_out = f"; {count} flagged annotator{'s' if count != 1 else ''} left out" if count else ""
+    return ", ".join(data["provenances"]) + left_out

@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from storage import audit
+from storage.agreement import canonical_category
 from storage.annotation_queue import set_pair_priorities
 from storage.db import engine_of, session_factory, transaction
 from storage.images import open_image
@@ -113,8 +114,8 @@ def pair_states(
         Pair, Pair.id == Vote.pair_id
     )
     for pair_id, choice, left_is_a in session.execute(query.where(*selection.where())):
-        side = {"left": "a" if left_is_a else "b", "right": "b" if left_is_a else "a"}.get(choice, "tie")
-        canonical.setdefault(pair_id, Counter())[side] += 1
+        side = canonical_category(choice, left_is_a=bool(left_is_a))
+        canonical.setdefault(pair_id, Counter())["tie" if side == "both_bad" else side] += 1  # both bad: no side won
     states = []
     for pair_id, vote_count, a, b in session.execute(
         select(Pair.id, Pair.vote_count, Pair.candidate_a_id, Pair.candidate_b_id)

@@ -14,6 +14,7 @@ from app.deps import Deps
 from app.handlers import user_errors
 from app.render import duration, text
 from storage.models import ModelVersion, utcnow
+from storage.provenance import describe_selection
 from trainer.leaderboard import LeaderboardRow
 from trainer.leaderboard_cache import board_rows, latest_board
 
@@ -42,11 +43,6 @@ def _age(moment: datetime) -> str:
     return "just now" if seconds < 60 else f"{duration(seconds)} ago"
 
 
-def _excluded(selection: dict) -> str:
-    count = len(selection.get("excluded_annotators", []))
-    return f"; {count} flagged annotator{'s' if count != 1 else ''} left out" if count else ""
-
-
 def leaderboard_view(deps: Deps, request: gr.Request) -> LeaderboardView:
     """The leaderboard as the worker last computed it (`trainer.leaderboard_cache`), with its age.
 
@@ -63,7 +59,7 @@ def leaderboard_view(deps: Deps, request: gr.Request) -> LeaderboardView:
     scores = f"model version <b>{text(version.name)}</b>" if version else "no model version yet"
     caption = (
         f"<p>Strength: Bradley–Terry log-strength from {board.votes} votes "
-        f"({text(', '.join(board.selection['provenances']))}{text(_excluded(board.selection))}) between "
+        f"({text(describe_selection(board.selection))}) between "
         f"different models (ties count ½ each way), 95% intervals from {board.n_bootstrap} task bootstraps. "
         f"Mean score: {scores}, over the candidates it has scored. Computed by the worker {_age(board.computed_at)} "
         f"(in {board.seconds:.1f} s); it recomputes within {duration(deps.settings.leaderboard_refresh_s)} of new "

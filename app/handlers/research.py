@@ -29,6 +29,7 @@ from app.scoring import LoadFailure
 from storage.db import transaction
 from storage.exporters import export_editreward, export_hf, export_trl
 from storage.models import ModelVersion, TrainingRun, User
+from storage.provenance import describe_selection
 from storage.stats import dataset_stats, votes_over_time
 from trainer.backbones import preset_names
 from trainer.registry import list_versions, promote_version, rollback
@@ -156,16 +157,9 @@ def _run_row(run: TrainingRun, requested_by: str | None, version: str | None) ->
     eta = duration(run.eta_s) if run.status == "running" else "–"
     loss = f"{run.loss['total']:.4f}" if isinstance(run.loss, dict) and "total" in run.loss else "–"
     error = (run.error or "")[:200]
+    votes = describe_selection(run.vote_selection) if run.vote_selection else "–"
     return [run.id, run.status, run.trigger, requested_by or "–", progress_bar(run.progress or 0.0), steps, eta,
-            loss, _votes_read(run.vote_selection), f"{run.created_at:%Y-%m-%d %H:%M}", version or "–", error]
-
-
-def _votes_read(selection: dict[str, Any] | None) -> str:
-    """The provenances a run's snapshot read, and how many flagged annotators it left out."""
-    if not selection:
-        return "–"
-    excluded = len(selection.get("excluded_annotators", []))
-    return ", ".join(selection["provenances"]) + (f" (−{excluded} flagged)" if excluded else "")
+            loss, votes, f"{run.created_at:%Y-%m-%d %H:%M}", version or "–", error]
 
 
 def runs_table(session: Session) -> str:
